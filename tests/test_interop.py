@@ -39,13 +39,19 @@ def test_torchvision_vit_b_16_gives_identical_logits():
     [(32, 8, 2, 2, 64, 128), (48, 16, 3, 4, 96, 192), (28, 7, 2, 3, 48, 96)],
 )
 def test_torchvision_models_of_several_sizes_convert(image, patch, layers, heads, hidden, mlp):
-    tv = randomise(torchvision.models.VisionTransformer(image, patch, layers, heads, hidden, mlp, num_classes=7))
+    tv = randomise(
+        torchvision.models.VisionTransformer(
+            image, patch, layers, heads, hidden, mlp, num_classes=7
+        )
+    )
     ours = interop.from_torchvision(tv.state_dict(), heads=heads)
     assert (ours.cfg.image_size, ours.cfg.patch_size, ours.cfg.num_classes) == (image, patch, 7)
     assert max_logit_diff(tv, ours, torch.randn(2, 3, image, image)) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch32_224", "vit_base_patch16_224"])
+@pytest.mark.parametrize(
+    "name", ["vit_tiny_patch16_224", "vit_small_patch32_224", "vit_base_patch16_224"]
+)
 def test_timm_vits_give_identical_logits(name):
     tm = randomise(timm.create_model(name, pretrained=False))
     ours = interop.from_timm(tm)
@@ -55,12 +61,32 @@ def test_timm_vits_give_identical_logits(name):
 def test_timm_state_dict_of_an_mnist_sized_model_converts():
     from timm.models.vision_transformer import VisionTransformer
 
-    tm = randomise(VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2))
+    tm = randomise(
+        VisionTransformer(
+            img_size=28,
+            patch_size=7,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=48,
+            depth=2,
+            num_heads=3,
+            mlp_ratio=2,
+        )
+    )
     ours = interop.from_timm(tm.state_dict(), heads=3)
     assert ours.cfg.in_channels == 1 and ours.cfg.mlp_dim == 96
     assert max_logit_diff(tm, ours, torch.randn(4, 1, 28, 28)) < 1e-4
     # and back: vitbook's names are timm's
-    back = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2)
+    back = VisionTransformer(
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        mlp_ratio=2,
+    )
     back.load_state_dict(interop.to_timm_state_dict(ours))
 
 
@@ -78,7 +104,10 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_shape_mismatches():
         load_checked(small, other)
     msg = str(err.value)
     assert "unexpected keys" in msg and "blocks.2.attn.qkv.weight" in msg and "extra.weight" in msg
-    assert "shape mismatches" in msg and "head.weight: (5, 32) in the checkpoint, (10, 32) in the model" in msg
+    assert (
+        "shape mismatches" in msg
+        and "head.weight: (5, 32) in the checkpoint, (10, 32) in the model" in msg
+    )
     del other["norm.weight"]
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\): norm.weight"):
         load_checked(small, other)
@@ -102,7 +131,9 @@ def smooth_table(grid: int, dim: int) -> torch.Tensor:
     pos = (torch.arange(grid, dtype=torch.float) + 0.5) / grid
     r, c = torch.meshgrid(pos, pos, indexing="ij")
     freqs = torch.linspace(0.2, 1.0, dim)
-    table = torch.sin(freqs * (r.flatten()[:, None] * 3 + 1)) + torch.cos(freqs * c.flatten()[:, None] * 2)
+    table = torch.sin(freqs * (r.flatten()[:, None] * 3 + 1)) + torch.cos(
+        freqs * c.flatten()[:, None] * 2
+    )
     return torch.cat([torch.zeros(1, dim), table])[None]  # (1, 1 + g*g, D)
 
 

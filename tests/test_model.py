@@ -63,7 +63,9 @@ def test_attention_by_hand_equals_scaled_dot_product_attention():
     torch.testing.assert_close(out_explicit, out_fused, atol=1e-5, rtol=1e-5)
     # and the weights are softmax(q k^T / sqrt(d)) computed independently
     q, k, _ = attn.qkv(x).view(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
-    torch.testing.assert_close(weights, F.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        weights, F.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1), atol=1e-6, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ["ViT-B/16", "ViT-L/16", "ViT-H/14"])
@@ -79,7 +81,15 @@ def test_parameter_counts_match_the_papers_table_1(name):
 
 def test_presets_have_the_papers_shapes():
     b = preset("ViT-B/16")
-    assert (b.dim, b.depth, b.heads, b.mlp_dim, b.image_size, b.in_channels, b.num_classes) == (768, 12, 12, 3072, 224, 3, 1000)
+    assert (b.dim, b.depth, b.heads, b.mlp_dim, b.image_size, b.in_channels, b.num_classes) == (
+        768,
+        12,
+        12,
+        3072,
+        224,
+        3,
+        1000,
+    )
     assert preset("ViT-H/14").patch_size == 14
     assert preset("ViT-Ti/4", image_size=28, in_channels=1).num_patches == 49
     with pytest.raises(ValueError, match="unknown preset"):

@@ -125,7 +125,12 @@ def _sha256(a: np.ndarray) -> str:
 
 def _verify(name: str, split: str, images: np.ndarray, labels: np.ndarray, origin: str) -> None:
     want_x, want_y = CHECKSUMS[(name, split)]
-    if images.dtype != np.uint8 or images.ndim != 3 or _sha256(images) != want_x or _sha256(labels) != want_y:
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 3
+        or _sha256(images) != want_x
+        or _sha256(labels) != want_y
+    ):
         raise DataError(
             f"{name} {split} from {origin} does not match its checksum (expected the original "
             f"uint8 images, SHA-256 {want_x[:12]}...): the file is corrupt or not the real "
@@ -233,7 +238,10 @@ def _fashion_from_debian(split: str):
                 images = _read_idx(xf, 16).reshape(-1, 28, 28)
                 labels = _read_idx(yf, 8)
             except (OSError, EOFError, ValueError) as e:
-                raise DataError(f"{d} holds unreadable Fashion-MNIST files ({e}). " + HOW_TO_GET["fashion-mnist"]) from e
+                raise DataError(
+                    f"{d} holds unreadable Fashion-MNIST files ({e}). "
+                    + HOW_TO_GET["fashion-mnist"]
+                ) from e
             return images, labels
     return None
 
@@ -257,7 +265,8 @@ def _load(name: str, split: str, offline_source) -> tuple[np.ndarray, np.ndarray
             return images, labels
     raise DataError(
         f"{name} {split} is not in the cache ({data_dir() / name}), the download failed (no "
-        f"network?) and no offline copy is installed. " + HOW_TO_GET[name].format(cache=data_dir() / name)
+        f"network?) and no offline copy is installed. "
+        + HOW_TO_GET[name].format(cache=data_dir() / name)
     )
 
 
@@ -268,7 +277,12 @@ def _dataset(name: str, split: str, offline_source, classes) -> ImageDataset:
     key = (name, split)
     if key not in _MEMO:
         images, labels = _load(name, split, offline_source)
-        _MEMO[key] = ImageDataset(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), classes, f"{name}-{split}")
+        _MEMO[key] = ImageDataset(
+            torch.from_numpy(images.copy()),
+            torch.from_numpy(labels.copy()),
+            classes,
+            f"{name}-{split}",
+        )
     ds = _MEMO[key]
     return ImageDataset(ds.images, ds.labels, ds.classes, ds.name)  # shares memory, not state
 

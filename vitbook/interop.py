@@ -53,7 +53,9 @@ def _state_dict(model_or_state_dict) -> dict[str, torch.Tensor]:
         return model_or_state_dict.state_dict()
     if isinstance(model_or_state_dict, dict):
         return model_or_state_dict
-    raise TypeError(f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
+    raise TypeError(
+        f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
+    )
 
 
 def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
@@ -61,7 +63,11 @@ def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
         return heads
     obj = model
     for part in attr_path.split("."):
-        obj = getattr(obj, part, None) if not part.isdigit() else (obj[int(part)] if obj is not None else None)
+        obj = (
+            getattr(obj, part, None)
+            if not part.isdigit()
+            else (obj[int(part)] if obj is not None else None)
+        )
     if isinstance(obj, int):
         return obj
     if dim in HEADS_BY_DIM:
@@ -72,14 +78,26 @@ def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
     )
 
 
-def _config_from(sd: dict, dim_key: str, patch_key: str, pos_key: str, head_key: str, depth: int, fc1_key: str, heads: int, qkv_key: str) -> ViTConfig:
+def _config_from(
+    sd: dict,
+    dim_key: str,
+    patch_key: str,
+    pos_key: str,
+    head_key: str,
+    depth: int,
+    fc1_key: str,
+    heads: int,
+    qkv_key: str,
+) -> ViTConfig:
     dim = sd[dim_key].shape[-1]
     patch = sd[patch_key].shape[-1]
     channels = sd[patch_key].shape[1]
     tokens = sd[pos_key].shape[1]
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
-        raise ValueError(f"{pos_key} has {tokens} tokens: expected a class token plus a square grid of patches")
+        raise ValueError(
+            f"{pos_key} has {tokens} tokens: expected a class token plus a square grid of patches"
+        )
     return ViTConfig(
         image_size=grid * patch,
         patch_size=patch,
@@ -96,7 +114,9 @@ def _config_from(sd: dict, dim_key: str, patch_key: str, pos_key: str, head_key:
 def _count_blocks(sd: dict, pattern: str) -> int:
     found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
     if not found:
-        raise CheckpointMismatchError(f"no encoder blocks found (keys like {pattern!r}); is this a ViT checkpoint?")
+        raise CheckpointMismatchError(
+            f"no encoder blocks found (keys like {pattern!r}); is this a ViT checkpoint?"
+        )
     return max(found) + 1
 
 
@@ -104,7 +124,10 @@ def torchvision_to_vitbook(sd: dict) -> dict[str, torch.Tensor]:
     """Rename a torchvision ViT state dict to vitbook names. Unknown keys raise an error."""
     for old, new in _TV_LEGACY.items():
         sd = {k.replace(old, new): v for k, v in sd.items()}
-    patterns = [(re.compile("^" + re.escape(k).replace(r"\{i\}", r"(\d+)") + "$"), v) for k, v in TORCHVISION_NAMES.items()]
+    patterns = [
+        (re.compile("^" + re.escape(k).replace(r"\{i\}", r"(\d+)") + "$"), v)
+        for k, v in TORCHVISION_NAMES.items()
+    ]
     out, unknown = {}, []
     for key, value in sd.items():
         for pattern, target in patterns:
@@ -115,8 +138,14 @@ def torchvision_to_vitbook(sd: dict) -> dict[str, torch.Tensor]:
         else:
             unknown.append(key)
     if unknown:
-        hint = " (a 'pre_logits' layer: torchvision's representation_size option is not supported)" if any("pre_logits" in k for k in unknown) else ""
-        raise CheckpointMismatchError(f"unexpected keys in the torchvision checkpoint{hint}: {', '.join(unknown[:12])}")
+        hint = (
+            " (a 'pre_logits' layer: torchvision's representation_size option is not supported)"
+            if any("pre_logits" in k for k in unknown)
+            else ""
+        )
+        raise CheckpointMismatchError(
+            f"unexpected keys in the torchvision checkpoint{hint}: {', '.join(unknown[:12])}"
+        )
     return out
 
 
@@ -127,7 +156,17 @@ def from_torchvision(model_or_state_dict, heads: int | None = None) -> ViT:
     depth = _count_blocks(sd, r"blocks\.(\d+)\.")
     dim = sd["cls_token"].shape[-1]
     h = _heads(dim, heads, model_or_state_dict, "encoder.layers.0.self_attention.num_heads")
-    cfg = _config_from(sd, "cls_token", "patch_embed.proj.weight", "pos_embed", "head.weight", depth, "blocks.0.mlp.fc1.weight", h, "blocks.0.attn.qkv.bias")
+    cfg = _config_from(
+        sd,
+        "cls_token",
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "head.weight",
+        depth,
+        "blocks.0.mlp.fc1.weight",
+        h,
+        "blocks.0.attn.qkv.bias",
+    )
     model = ViT(cfg)
     load_checked(model, sd, "torchvision checkpoint")
     return model
@@ -152,16 +191,32 @@ def from_timm(model_or_state_dict, heads: int | None = None) -> ViT:
     sd = dict(_state_dict(model_or_state_dict))
     for marker, what in _TIMM_UNSUPPORTED.items():
         if any(marker in k for k in sd):
-            raise CheckpointMismatchError(f"this timm model uses {what} ({marker!r} in its keys), which vitbook's ViT does not implement")
+            raise CheckpointMismatchError(
+                f"this timm model uses {what} ({marker!r} in its keys), which vitbook's ViT does not implement"
+            )
     if isinstance(model_or_state_dict, nn.Module):
         if getattr(model_or_state_dict, "global_pool", "token") not in ("token", ""):
-            raise CheckpointMismatchError(f"this timm model pools with {model_or_state_dict.global_pool!r}; vitbook converts class-token models only")
+            raise CheckpointMismatchError(
+                f"this timm model pools with {model_or_state_dict.global_pool!r}; vitbook converts class-token models only"
+            )
         if getattr(model_or_state_dict, "no_embed_class", False):
-            raise CheckpointMismatchError("this timm model adds no position embedding to the class token (no_embed_class=True); vitbook's ViT does")
+            raise CheckpointMismatchError(
+                "this timm model adds no position embedding to the class token (no_embed_class=True); vitbook's ViT does"
+            )
     depth = _count_blocks(sd, r"blocks\.(\d+)\.")
     dim = sd["cls_token"].shape[-1]
     h = _heads(dim, heads, model_or_state_dict, "blocks.0.attn.num_heads")
-    cfg = _config_from(sd, "cls_token", "patch_embed.proj.weight", "pos_embed", "head.weight", depth, "blocks.0.mlp.fc1.weight", h, "blocks.0.attn.qkv.bias")
+    cfg = _config_from(
+        sd,
+        "cls_token",
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "head.weight",
+        depth,
+        "blocks.0.mlp.fc1.weight",
+        h,
+        "blocks.0.attn.qkv.bias",
+    )
     model = ViT(cfg)
     load_checked(model, sd, "timm checkpoint")
     return model
@@ -172,20 +227,28 @@ def to_timm_state_dict(model: ViT) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+def resize_pos_embed(
+    pos_embed: torch.Tensor, new_grid: int, num_prefix_tokens: int = 1
+) -> torch.Tensor:
     """Interpolate a learned position embedding (1, prefix + g*g, D) to a new grid size with
     bicubic interpolation, as the paper does for fine-tuning at a higher resolution (section 3.2).
     The class token's embedding is kept as it is."""
     prefix, grid_tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     old_grid = math.isqrt(grid_tokens.shape[1])
     if old_grid * old_grid != grid_tokens.shape[1]:
-        raise ValueError(f"expected a square grid of position embeddings, got {grid_tokens.shape[1]} tokens")
+        raise ValueError(
+            f"expected a square grid of position embeddings, got {grid_tokens.shape[1]} tokens"
+        )
     if old_grid == new_grid:
         return pos_embed.clone()
     D = pos_embed.shape[-1]
     grid = grid_tokens.reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
-    grid = F.interpolate(grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(pos_embed.dtype)  # (1, g'*g', D)
+    grid = F.interpolate(
+        grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False
+    )
+    grid = (
+        grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(pos_embed.dtype)
+    )  # (1, g'*g', D)
     return torch.cat([prefix, grid], dim=1)
 
 

@@ -77,7 +77,9 @@ class ViTConfig:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
         if self.pos_embed == "sincos" and self.dim % 4 != 0:
-            raise ValueError(f"a 2D sin-cos position embedding needs dim divisible by 4, got {self.dim}")
+            raise ValueError(
+                f"a 2D sin-cos position embedding needs dim divisible by 4, got {self.dim}"
+            )
 
     @property
     def grid_size(self) -> int:
@@ -174,7 +176,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.impl = cfg.patch_impl
-        self.proj = nn.Conv2d(cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(
+            cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "conv":
@@ -302,7 +306,9 @@ class ViT(nn.Module):
         want = f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
         if x.ndim != 4:
             hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
-            raise ValueError(f"expected a batch of images {want}, got a tensor of shape {tuple(x.shape)}.{hint}")
+            raise ValueError(
+                f"expected a batch of images {want}, got a tensor of shape {tuple(x.shape)}.{hint}"
+            )
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"expected {cfg.in_channels} channel(s) {want}, got {x.shape[1]} (shape {tuple(x.shape)}). "
@@ -397,14 +403,19 @@ def load_checked(model: nn.Module, state_dict: dict, what: str = "checkpoint") -
 
         def listed(title, items):
             if items:
-                shown = items[:30] + ([f"... and {len(items) - 30} more"] if len(items) > 30 else [])
+                shown = items[:30] + (
+                    [f"... and {len(items) - 30} more"] if len(items) > 30 else []
+                )
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
 
         listed("missing keys", missing)
         listed("unexpected keys", unexpected)
         listed(
             "shape mismatches",
-            [f"{k}: {have} in the {what}, {want} in the model{_hint(k)}" for k, have, want in shapes],
+            [
+                f"{k}: {have} in the {what}, {want} in the model{_hint(k)}"
+                for k, have, want in shapes
+            ],
         )
         raise CheckpointMismatchError("\n".join(lines))
     model.load_state_dict(state_dict)

@@ -280,7 +280,7 @@ def fit(
     val_data=None,
     *,
     loss_fn: Callable | None = None,
-    augment: Callable | None = None,
+    augmentation: Callable | None = None,
     device=None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 200,
@@ -294,7 +294,8 @@ def fit(
 
     Keyword arguments beyond those named are fields of `Recipe` (epochs, batch_size, lr, ...).
     ``loss_fn(model, x, y) -> (loss, logits or None)`` replaces the classification loss (the
-    self-supervised and distillation chapters use this). With ``checkpoint`` set, the state is
+    self-supervised and distillation chapters use this); ``augmentation(x, u)`` replaces
+    `DigitAugment` (u: (B, augmentation.num_random) uniform numbers). With ``checkpoint`` set, the state is
     saved atomically every ``checkpoint_every`` steps and at the end of every epoch, and a run
     finds and resumes from an existing checkpoint (``resume=True``). ``stop_at_step`` stops early
     (after saving), which is how the tests interrupt a run.
@@ -310,7 +311,7 @@ def fit(
         raise ValueError(f"batch_size {r.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(r.seed)
     loss_fn = loss_fn or classification_loss(r.label_smoothing)
-    augment = augment if augment is not None else (DigitAugment() if r.augment else None)
+    augment = augmentation if augmentation is not None else (DigitAugment() if r.augment else None)
 
     x_all, y_all = as_tensors(train_data)
     n = len(x_all)
@@ -373,11 +374,18 @@ def fit(
     from tqdm.auto import tqdm
 
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    epoch_bar = tqdm(total=num_epochs, desc="epochs", disable=not (progress and is_main), initial=step // steps_per_epoch)
+    epoch_bar = tqdm(
+        total=num_epochs,
+        desc="epochs",
+        disable=not (progress and is_main),
+        initial=step // steps_per_epoch,
+    )
     start = time.perf_counter() - (history.final.get("time", 0.0) if history.epochs else 0.0)
     while step < total_steps:
         epoch = step // steps_per_epoch
-        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=r.seed, drop_last=True)
+        sampler = DistributedSampler(
+            range(n), num_replicas=world, rank=rank, shuffle=True, seed=r.seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))  # this process's share of the epoch, (n / world,)
         epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
@@ -404,8 +412,18 @@ def fit(
                 group["lr"] = lr
             with _autocast(device):
                 loss, logits = loss_fn(train_model, x, y)
-            correct = (logits.argmax(1) == y).sum() if logits is not None else torch.zeros((), device=device)
-            stats = torch.stack([loss.detach().float() * len(y), correct.float(), torch.tensor(float(len(y)), device=device)])
+            correct = (
+                (logits.argmax(1) == y).sum()
+                if logits is not None
+                else torch.zeros((), device=device)
+            )
+            stats = torch.stack(
+                [
+                    loss.detach().float() * len(y),
+                    correct.float(),
+                    torch.tensor(float(len(y)), device=device),
+                ]
+            )
             if world > 1:  # the global batch's loss and accuracy, not this process's share
                 dist.all_reduce(stats)
             batch_loss_sum, batch_correct, batch_seen = stats.tolist()
@@ -413,7 +431,11 @@ def fit(
             if not math.isfinite(loss_value):
                 batch_bar.close()
                 epoch_bar.close()
-                where = f"the last good checkpoint, {checkpoint}, was kept" if checkpoint else "no checkpoint was asked for"
+                where = (
+                    f"the last good checkpoint, {checkpoint}, was kept"
+                    if checkpoint
+                    else "no checkpoint was asked for"
+                )
                 raise NonFiniteLossError(
                     f"the loss became {loss_value} at step {step} (epoch {epoch + 1}, lr {lr:.2e}); "
                     f"{where}. Lower the learning rate (now {r.lr}) or set grad_clip."

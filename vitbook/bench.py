@@ -1,0 +1,346 @@
+"""Measured performance: ``python -m vitbook.bench [--quick] [--write]``.
+
+Three measurements, each against a peer measured in the same run on the same machine:
+
+* ``throughput``: training images per second (forward + backward + AdamW step) of vitbook's ViT
+  and timm's ``VisionTransformer`` of the same configuration, same weights and same batch, in one
+  process, alternating between them round after round; reported as the vitbook/timm ratio
+  (min / median / max over rounds). vitbook runs eager with each attention path, and compiled
+  (``torch.compile``, its compile time reported separately).
+* ``time-to-98.5``: wall time from nothing (data loading, model building, training, evaluation
+  after every epoch) until MNIST test accuracy first reaches 98.5%, with the chapter-4 recipe.
+* ``best``: the best-accuracy recipe, epochs and wall time to its final test accuracy.
+
+``--write`` puts the tables into the book's appendix page (book/appendix_benchmarks.md) with the
+command and the machine. Timed numbers never go into tests; they live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data, train, zoo
+from .model import ViT, ViTConfig
+
+RESULTS = Path(__file__).parent.parent / "book" / "appendix_benchmarks.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput against timm
+
+
+def timm_twin(cfg: ViTConfig):
+    """timm's VisionTransformer with the same architecture (and, after loading, the same weights)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if cfg.pool != "cls" or cfg.pos_embed != "learned":
+        raise ValueError("the timm comparison uses class-token pooling and learned positions")
+    return VisionTransformer(
+        img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels, num_classes=cfg.num_classes,
+        embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias,
+    )  # fmt: skip
+
+
+def _train_step_fn(model, x, y):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def throughput(
+    cfg: ViTConfig,
+    batch: int,
+    rounds: int = 7,
+    steps: int = 10,
+    compile: bool = True,
+    label: str = "",
+) -> dict:
+    """Images per second for each contender, alternating contenders within every round."""
+    torch.manual_seed(0)
+    x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size)
+    y = torch.randint(0, cfg.num_classes, (batch,))
+    reference = ViT(ViTConfig(**{**cfg.to_dict(), "fused_attn": True}))
+    contenders = {}
+    t = timm_twin(cfg)
+    t.load_state_dict(reference.state_dict())
+    contenders["timm (eager)"] = t
+    for fused in (True, False):
+        m = ViT(ViTConfig(**{**cfg.to_dict(), "fused_attn": fused}))
+        m.load_state_dict(reference.state_dict())
+        contenders[f"vitbook eager, {'fused' if fused else 'explicit'} attention"] = m
+    steps_fns = {name: _train_step_fn(m, x, y) for name, m in contenders.items()}
+    compile_seconds = None
+    if compile:
+        fast = ViT(ViTConfig(**{**cfg.to_dict(), "fused_attn": False}))
+        fast.load_state_dict(reference.state_dict())
+        compiled = torch.compile(fast)
+        steps_fns["vitbook compiled, explicit attention"] = _train_step_fn(compiled, x, y)
+        start = time.perf_counter()
+        for _ in range(3):  # compile forward and backward, then settle
+            steps_fns["vitbook compiled, explicit attention"]()
+        compile_seconds = time.perf_counter() - start
+    for fn in steps_fns.values():  # warm up every contender
+        for _ in range(3):
+            fn()
+    rates = {name: [] for name in steps_fns}
+    for r in range(rounds):
+        order = list(steps_fns) if r % 2 == 0 else list(reversed(steps_fns))
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(steps):
+                steps_fns[name]()
+            rates[name].append(batch * steps / (time.perf_counter() - start))
+    base = rates["timm (eager)"]
+    rows = []
+    for name, rs in rates.items():
+        ratios = [a / b for a, b in zip(rs, base)]
+        rows.append(
+            {
+                "contender": name,
+                "img_per_s": statistics.median(rs),
+                "ratio_min": min(ratios),
+                "ratio_median": statistics.median(ratios),
+                "ratio_max": max(ratios),
+            }
+        )
+    return {
+        "label": label,
+        "batch": batch,
+        "rounds": rounds,
+        "steps": steps,
+        "compile_seconds": compile_seconds,
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy against time
+
+
+def time_to_accuracy(
+    target: float = 0.985, recipe: dict | None = None, cfg: ViTConfig | None = None
+) -> dict:
+    """Seconds from nothing until the test accuracy after an epoch first reaches ``target``."""
+    start = time.perf_counter()
+    data._MEMO.clear()
+    train_set, test_set = data.mnist("train"), data.mnist("test")
+    recipe = dict(recipe or zoo.MNIST_RECIPE)
+    train.seed_everything(recipe.get("seed", 0))
+    model = ViT(cfg or zoo.mnist_config())
+    reached = {}
+
+    def on_epoch_end(record):
+        if "seconds" not in reached and record["val_acc"] >= target:
+            reached.update(
+                seconds=time.perf_counter() - start,
+                epoch=record["epoch"],
+                accuracy=record["val_acc"],
+            )
+
+    history = train.fit(
+        model, train_set, test_set, on_epoch_end=on_epoch_end, progress=False, **recipe
+    )
+    total = time.perf_counter() - start
+    return {
+        "target": target,
+        "reached": bool(reached),
+        "seconds_to_target": reached.get("seconds"),
+        "epoch_at_target": reached.get("epoch"),
+        "final_accuracy": history.final["val_acc"],
+        "total_seconds": total,
+        "per_epoch": [
+            (e["epoch"], round(e["val_acc"], 4), round(e["time"], 1)) for e in history.epochs
+        ],
+        "recipe": recipe,
+    }
+
+
+# The best-accuracy recipe: finer patches (4x4, 49 tokens), a wider and deeper model, stronger
+# augmentation, 15 epochs.
+BEST_CONFIG = dict(
+    image_size=28,
+    patch_size=4,
+    in_channels=1,
+    num_classes=10,
+    dim=128,
+    depth=6,
+    heads=4,
+    mlp_dim=256,
+    fused_attn=False,
+)
+BEST_RECIPE = dict(
+    epochs=15,
+    batch_size=128,
+    lr=2e-3,
+    warmup_epochs=1,
+    weight_decay=0.05,
+    label_smoothing=0.1,
+    augment=True,
+    seed=0,
+)
+
+
+def best_accuracy() -> dict:
+    out = time_to_accuracy(0.996, BEST_RECIPE, ViTConfig(**BEST_CONFIG))
+    out["config"] = BEST_CONFIG
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def format_throughput(res: dict) -> str:
+    lines = [
+        f"**{res['label']}**, batch {res['batch']}, {res['rounds']} rounds of {res['steps']} steps, contenders alternating within each round",
+        "",
+        "| contender | images/s (median) | vs timm: min | median | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['contender']} | {r['img_per_s']:.0f} | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} | {r['ratio_max']:.2f} |"
+        )
+    if res["compile_seconds"] is not None:
+        lines.append("")
+        lines.append(
+            f"`torch.compile` took {res['compile_seconds']:.0f} s before the first compiled step (not in the rates above)."
+        )
+    return "\n".join(lines)
+
+
+def format_accuracy(res: dict, title: str) -> str:
+    if res["reached"]:
+        head = f"reached {100 * res['target']:.1f}% after epoch {res['epoch_at_target']}, **{res['seconds_to_target']:.0f} s** from start"
+    else:
+        head = f"did **not** reach {100 * res['target']:.1f}%"
+    per_epoch = ", ".join(f"{e}: {100 * a:.2f}% ({t:.0f} s)" for e, a, t in res["per_epoch"])
+    return (
+        f"**{title}**: {head}; final test accuracy {100 * res['final_accuracy']:.2f}% after "
+        f"{len(res['per_epoch'])} epochs, {res['total_seconds']:.0f} s in all (data loading, model building, "
+        f"training and evaluation after every epoch included).\n\nPer epoch (test accuracy, seconds since start): {per_epoch}.\n\n"
+        f"Recipe: `{json.dumps(res['recipe'])}`"
+        + (f"; model: `{json.dumps(res['config'])}`" if "config" in res else "")
+    )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m vitbook.bench", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer rounds, no compile, no ImageNet-size row, no best-accuracy run",
+    )
+    p.add_argument(
+        "--only",
+        choices=["throughput", "time-to-98.5", "best"],
+        action="append",
+        help="run only these parts",
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write the tables into {RESULTS.relative_to(RESULTS.parent.parent)}",
+    )
+    args = p.parse_args(argv)
+    parts = args.only or (
+        ["throughput", "time-to-98.5"] if args.quick else ["throughput", "time-to-98.5", "best"]
+    )
+    command = (
+        "python -m vitbook.bench"
+        + (" --quick" if args.quick else "")
+        + "".join(f" --only {o}" for o in args.only or [])
+    )
+    sections = [
+        f"Measured on {datetime.date.today().isoformat()} with `{command}` on: {machine()}."
+    ]
+    print(sections[0], flush=True)
+    if "throughput" in parts:
+        mnist_cfg = zoo.mnist_config(pool="cls")
+        res = throughput(
+            mnist_cfg,
+            128,
+            rounds=3 if args.quick else 7,
+            compile=not args.quick,
+            label="MNIST ViT (28 px, 7x7 patches, width 64, 3 blocks)",
+        )
+        sections.append("### Training throughput against timm\n\n" + format_throughput(res))
+        print(sections[-1], flush=True)
+        if not args.quick:
+            res = throughput(
+                ViTConfig(
+                    image_size=224,
+                    patch_size=16,
+                    in_channels=3,
+                    num_classes=1000,
+                    dim=192,
+                    depth=12,
+                    heads=3,
+                    mlp_dim=768,
+                ),
+                16,
+                rounds=5,
+                steps=3,
+                compile=False,
+                label="ViT-Ti/16 (224 px, ImageNet size)",
+            )
+            sections.append(format_throughput(res))
+            print(sections[-1], flush=True)
+    if "time-to-98.5" in parts:
+        res = time_to_accuracy(0.985)
+        sections.append(
+            "### Time to 98.5% MNIST test accuracy\n\n" + format_accuracy(res, "chapter-4 recipe")
+        )
+        print(sections[-1], flush=True)
+    if "best" in parts:
+        res = best_accuracy()
+        sections.append("### Best accuracy\n\n" + format_accuracy(res, "best-accuracy recipe"))
+        print(sections[-1], flush=True)
+    if args.write:
+        write_appendix(sections)
+
+
+def write_appendix(sections: list[str]) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    body = begin + "\n" + "\n\n".join(sections) + "\n" + end
+    if begin in text:
+        text = text[: text.index(begin)] + body + text[text.index(end) + len(end) :]
+    else:
+        text = text + "\n" + body + "\n"
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

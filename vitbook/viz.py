@@ -1,0 +1,534 @@
+"""Figures: matplotlib for static plots, plotly where a reader wants to hover or pick, and
+ipywidgets for live exploration in a kernel.
+
+Every function returns its figure (matplotlib ``Figure`` or plotly ``go.Figure``) and draws
+nothing else, so a notebook decides what to show. Plotly figures are shown with `show_plotly`,
+which emits HTML that uses the plotly.js the book serves itself: the figure works in the static
+HTML with no kernel and no network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .model import patchify
+
+CMAP_ATTN = "inferno"
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def _image2d(img) -> np.ndarray:
+    """(1, H, W), (H, W) or (3, H, W) tensor -> array for imshow."""
+    a = _np(img)
+    if a.ndim == 3 and a.shape[0] == 1:
+        return a[0]
+    if a.ndim == 3:
+        return np.clip(a.transpose(1, 2, 0), 0, 1)
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and patches
+
+
+def show_images(
+    images, labels=None, ncols: int = 8, size: float = 1.2, title: str | None = None, cmap="gray"
+):
+    """A grid of images with optional captions (labels can be ints or strings)."""
+    n = len(images)
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False
+    )
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(_image2d(images[i]), cmap=cmap, vmin=0, vmax=1)
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_patch_grid(image, patch_size: int, title: str | None = None):
+    """The image with its patch grid drawn on it, next to the patches laid out as the sequence
+    of tokens the transformer reads (row by row)."""
+    img = _image2d(image)
+    H = img.shape[0]
+    g = H // patch_size
+    x = torch.as_tensor(np.asarray(img, dtype=np.float32)).reshape(1, 1, H, H)
+    patches = patchify(x, patch_size)[0].reshape(-1, patch_size, patch_size)  # (N, P, P)
+    fig = plt.figure(figsize=(11, 3.4))
+    ax = fig.add_axes([0.02, 0.1, 0.25, 0.8])
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    for k in range(1, g):
+        ax.axhline(k * patch_size - 0.5, color="tab:orange", lw=1)
+        ax.axvline(k * patch_size - 0.5, color="tab:orange", lw=1)
+    for r in range(g):
+        for c in range(g):
+            ax.text(
+                c * patch_size + 1,
+                r * patch_size + 2.5,
+                str(r * g + c),
+                color="tab:orange",
+                fontsize=7,
+            )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{g}x{g} grid of {patch_size}x{patch_size} patches")
+    n = len(patches)
+    w = 0.68 / n
+    for i, p in enumerate(patches):
+        a = fig.add_axes([0.30 + i * w, 0.35, w * 0.9, 0.3])
+        a.imshow(_np(p), cmap="gray", vmin=0, vmax=1)
+        a.set_xticks([])
+        a.set_yticks([])
+        if i % max(1, n // 8) == 0:
+            a.set_title(str(i), fontsize=7)
+    fig.text(0.64, 0.15, f"the sequence: {n} patches -> {n} tokens", ha="center")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def plot_history(history, ax=None):
+    """Loss per step (smoothed) and per-epoch train/validation loss and accuracy."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    loss = np.asarray(history.step_loss)
+    spe = max(1, history.steps_per_epoch)
+    steps = np.arange(len(loss)) / spe
+    ax1.plot(steps, loss, color="0.75", lw=0.6, label="per step")
+    k = max(1, len(loss) // 50)
+    if len(loss) > k:
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax1.plot(steps[k - 1 :], smooth, color="tab:blue", label=f"mean of {k} steps")
+    ep = [e["epoch"] for e in history.epochs]
+    if any(e.get("val_loss") is not None for e in history.epochs):
+        ax1.plot(
+            ep,
+            [e.get("val_loss") for e in history.epochs],
+            "o-",
+            color="tab:orange",
+            label="validation",
+        )
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_yscale("log")
+    ax1.legend()
+    ax1.set_title("loss")
+    if any(e.get("train_acc") is not None for e in history.epochs):
+        ax2.plot(
+            ep, [100 * e["train_acc"] for e in history.epochs], "o-", label="train (augmented)"
+        )
+    if any(e.get("val_acc") is not None for e in history.epochs):
+        ax2.plot(ep, [100 * e["val_acc"] for e in history.epochs], "o-", label="validation")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    ax2.set_title("accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grad_flow(history):
+    """Gradient flow: the gradient norm of every layer over training, as a heat map (layers
+    top to bottom in forward order) and as lines for the first, middle and last layers."""
+    names = list(history.grad_norms)
+    norms = np.array([history.grad_norms[n] for n in names])  # (layers, records)
+    steps = np.asarray(history.grad_steps) / max(1, history.steps_per_epoch)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    im = ax1.imshow(
+        np.log10(norms + 1e-12),
+        aspect="auto",
+        cmap="viridis",
+        extent=[steps[0], steps[-1], len(names) - 0.5, -0.5],
+    )
+    ax1.set_yticks(range(len(names)))
+    ax1.set_yticklabels(names, fontsize=7)
+    ax1.set_xlabel("epoch")
+    ax1.set_title("log10 gradient norm per layer")
+    fig.colorbar(im, ax=ax1)
+    picks = sorted({0, len(names) // 2, len(names) - 1})
+    for i in picks:
+        ax2.plot(steps, norms[i], label=names[i], lw=0.8)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("gradient norm")
+    ax2.legend(fontsize=8)
+    ax2.set_title("first, middle and last layers")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(predictions, labels, num_classes: int | None = None) -> np.ndarray:
+    """Counts (true class, predicted class)."""
+    p, y = _np(predictions).astype(int), _np(labels).astype(int)
+    k = num_classes or int(max(p.max(), y.max()) + 1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, p), 1)
+    return cm
+
+
+def plot_confusion(cm, class_names=None, title="confusion matrix (test set)"):
+    """A confusion matrix with counts; the diagonal is dimmed so the errors stand out."""
+    cm = np.asarray(cm)
+    k = len(cm)
+    names = class_names or [str(i) for i in range(k)]
+    off = cm.copy().astype(float)
+    np.fill_diagonal(off, np.nan)
+    fig, ax = plt.subplots(figsize=(0.5 * k + 2.5, 0.5 * k + 2))
+    ax.imshow(off, cmap="Reds")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    cm[i, j],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="0.4" if i == j else "black",
+                )
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(
+        names,
+        rotation=45 if max(len(n) for n in names) > 2 else 0,
+        ha="right" if max(len(n) for n in names) > 2 else "center",
+    )
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def plot_attention_heads(attn, tokens=None, title="attention weights, one map per head"):
+    """One heat map per head of a single (H, T, T) attention tensor."""
+    a = _np(attn)
+    h = a.shape[0]
+    fig, axes = plt.subplots(1, h, figsize=(2.6 * h, 2.8), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(a[i], cmap=CMAP_ATTN, vmin=0)
+        ax.set_title(f"head {i}", fontsize=9)
+        ax.set_xlabel("key")
+        if i == 0:
+            ax.set_ylabel("query")
+        if tokens is not None and len(tokens) <= 20:
+            ax.set_xticks(range(len(tokens)))
+            ax.set_xticklabels(tokens, fontsize=6, rotation=90)
+            ax.set_yticks(range(len(tokens)))
+            ax.set_yticklabels(tokens, fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+PLOTLY_CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
+
+
+def plotly_html(fig, div_id: str | None = None) -> str:
+    """HTML for a plotly figure that draws with the page's ``window.Plotly``.
+
+    In the built book, plotly.js comes from the book's own _static (see _config.yml), so the
+    figure draws offline and the page carries no copy of the library. Where the page has no
+    plotly.js (Colab, classic Jupyter), the snippet loads it once from plotly's CDN."""
+    import json
+    import uuid
+
+    import plotly
+
+    div_id = div_id or f"vitbook-plot-{uuid.uuid4().hex[:12]}"
+    spec = fig.to_plotly_json()
+    payload = json.dumps(
+        {
+            "data": spec.get("data", []),
+            "layout": spec.get("layout", {}),
+            "frames": spec.get("frames", []),
+            "config": {"displaylogo": False, "responsive": True},
+        },
+        cls=plotly.utils.PlotlyJSONEncoder,
+    )
+    height = spec.get("layout", {}).get("height") or 450
+    cdn = PLOTLY_CDN.format(version=plotly.offline.get_plotlyjs_version())
+    return f"""<div id="{div_id}" class="vitbook-plotly" style="width:100%;height:{height}px;"></div>
+<script type="text/javascript">
+(function() {{
+  var fig = {payload};
+  function draw() {{ window.Plotly.newPlot("{div_id}", fig); }}
+  if (window.Plotly) {{ draw(); return; }}
+  var s = document.querySelector('script[data-vitbook-plotly]');
+  if (!s) {{
+    s = document.createElement("script");
+    s.src = "{cdn}";
+    s.setAttribute("data-vitbook-plotly", "1");
+    document.head.appendChild(s);
+  }}
+  s.addEventListener("load", draw);
+}})();
+</script>"""
+
+
+def show_plotly(fig) -> None:
+    """Display a plotly figure so that it works everywhere: HTML that uses the page's plotly.js
+    (the built book, Colab) and plotly's own JSON (JupyterLab renders that natively)."""
+    from IPython.display import display
+
+    display(
+        {"text/html": plotly_html(fig), "application/vnd.plotly.v1+json": fig.to_plotly_json()},
+        raw=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention figures and explorers
+
+
+def overlay(ax, image, heat, title=None, alpha=0.6):
+    """Draw a grey image with a heat map (patch grid or full size) stretched over it."""
+    img = _image2d(image)
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    h = _np(heat)
+    ax.imshow(
+        h,
+        cmap=CMAP_ATTN,
+        alpha=alpha,
+        extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
+        interpolation="nearest",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def plot_cls_attention_grid(
+    image, cls_maps, title="class-token attention, every layer (rows) and head (columns)"
+):
+    """A grid of overlays: rows are layers, columns heads. cls_maps: (L, nh, g, g) for one image."""
+    L, H = cls_maps.shape[:2]
+    fig, axes = plt.subplots(L, H + 1, figsize=(1.6 * (H + 1), 1.7 * L), squeeze=False)
+    for layer in range(L):
+        axes[layer, 0].imshow(_image2d(image), cmap="gray")
+        axes[layer, 0].set_ylabel(f"layer {layer}")
+        axes[layer, 0].set_xticks([])
+        axes[layer, 0].set_yticks([])
+        for head in range(H):
+            overlay(
+                axes[layer, head + 1],
+                image,
+                cls_maps[layer, head],
+                f"L{layer} H{head}" if layer == 0 else None,
+            )
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_position_similarity(
+    sim, title="cosine similarity of position embeddings", vmin=-1, size=0.55
+):
+    """The paper's Fig. 7 (centre): one small map per patch position, showing how similar its
+    position embedding is to every other position's. sim: (g*g, g, g)."""
+    s = _np(sim)
+    g = s.shape[1]
+    fig, axes = plt.subplots(g, g, figsize=(g * size * 1.9 + 1.2, g * size * 1.9), squeeze=False)
+    im = None
+    for i in range(g * g):
+        ax = axes[i // g, i % g]
+        im = ax.imshow(s[i], cmap="viridis", vmin=vmin, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i // g == g - 1:
+            ax.set_xlabel(str(i % g + 1), fontsize=7)
+        if i % g == 0:
+            ax.set_ylabel(str(i // g + 1), fontsize=7)
+    fig.supxlabel("input patch column", fontsize=9)
+    fig.supylabel("input patch row", fontsize=9)
+    fig.suptitle(title)
+    fig.colorbar(im, ax=axes, fraction=0.03, label="cosine similarity")
+    return fig
+
+
+def attention_explorer_figure(images, cls_maps, rollouts, patch_size: int):
+    """A plotly figure with one frame per (image, layer, head), per (image, layer, "mean") and
+    per (image, "rollout"), plus one frame per image for the digit itself. The controls around it
+    (see `attention_explorer_html`) pick a frame; plotly draws it with no kernel.
+
+    images: (B, 1, H, W); cls_maps: (L, B, nh, g, g); rollouts: (B, g, g)."""
+    import plotly.graph_objects as go
+
+    L, B, H, g, _ = cls_maps.shape
+    size = images.shape[-1]
+    digits = [np.round(_image2d(images[b]) * 255).astype(int) for b in range(B)]
+
+    def heat(z):
+        return go.Heatmap(
+            z=np.round(_np(z), 4), x0=(patch_size - 1) / 2, dx=patch_size, y0=(patch_size - 1) / 2, dy=patch_size,
+            colorscale="Inferno", opacity=0.6, zmin=0, showscale=True, colorbar=dict(title="weight", len=0.8),
+            hovertemplate="patch row %{y:.0f}px, col %{x:.0f}px<br>weight %{z:.3f}<extra></extra>",
+        )  # fmt: skip
+
+    def digit(b):
+        return go.Heatmap(
+            z=digits[b],
+            colorscale="Greys",
+            reversescale=True,
+            showscale=False,
+            hoverinfo="skip",
+            zmin=0,
+            zmax=255,
+        )
+
+    frames = [go.Frame(name=f"digit-{b}", data=[digit(b)], traces=[0]) for b in range(B)]
+    for b in range(B):
+        for layer in range(L):
+            for head in range(H):
+                frames.append(
+                    go.Frame(
+                        name=f"attn-{b}-{layer}-{head}",
+                        data=[heat(cls_maps[layer, b, head])],
+                        traces=[1],
+                    )
+                )
+            frames.append(
+                go.Frame(
+                    name=f"attn-{b}-{layer}-mean",
+                    data=[heat(cls_maps[layer, b].mean(0))],
+                    traces=[1],
+                )
+            )
+        frames.append(go.Frame(name=f"attn-{b}-rollout", data=[heat(rollouts[b])], traces=[1]))
+    fig = go.Figure(data=[digit(0), heat(cls_maps[L - 1, 0, 0])], frames=frames)
+    fig.update_layout(
+        height=420, width=470, margin=dict(l=10, r=10, t=40, b=10),
+        title=f"class-token attention: image 0, layer {L - 1}, head 0",
+        xaxis=dict(visible=False, range=[-0.5, size - 0.5], constrain="domain"),
+        yaxis=dict(visible=False, range=[size - 0.5, -0.5], scaleanchor="x"),
+    )  # fmt: skip
+    fig.layout.meta = {"images": B, "layers": L, "heads": H}
+    return fig
+
+
+def attention_explorer_html(fig, labels=None) -> str:
+    """The explorer for the static page: three drop-downs (image, layer, head or "mean" /
+    "rollout") that animate the plotly figure to the chosen frame, all in the page's JavaScript."""
+    import uuid
+
+    meta = fig.layout.meta
+    B, L, H = meta["images"], meta["layers"], meta["heads"]
+    uid = uuid.uuid4().hex[:10]
+    div_id = f"vitbook-explorer-{uid}"
+    labels = labels or [str(b) for b in range(B)]
+    img_opts = "".join(f'<option value="{b}">{b}: {labels[b]}</option>' for b in range(B))
+    layer_opts = "".join(
+        f'<option value="{layer}"{" selected" if layer == L - 1 else ""}>{layer}</option>'
+        for layer in range(L)
+    )
+    head_opts = (
+        "".join(f'<option value="{h}">head {h}</option>' for h in range(H))
+        + '<option value="mean">mean of heads</option><option value="rollout">rollout (all layers)</option>'
+    )
+    controls = f"""<div class="vitbook-explorer-controls" id="{div_id}-controls" style="margin:0.5em 0;font-size:0.9em">
+<label>image <select data-role="image">{img_opts}</select></label>
+<label style="margin-left:1em">layer <select data-role="layer">{layer_opts}</select></label>
+<label style="margin-left:1em">head <select data-role="head">{head_opts}</select></label>
+</div>"""
+    script = f"""<script type="text/javascript">
+(function() {{
+  var box = document.getElementById("{div_id}-controls");
+  function pick(role) {{ return box.querySelector('select[data-role="' + role + '"]').value; }}
+  function update() {{
+    var b = pick("image"), l = pick("layer"), h = pick("head");
+    var attn = h === "rollout" ? "attn-" + b + "-rollout" : "attn-" + b + "-" + l + "-" + h;
+    var what = h === "rollout" ? "rollout" : ("layer " + l + ", " + (h === "mean" ? "mean of heads" : "head " + h));
+    var gd = document.getElementById("{div_id}");
+    window.Plotly.animate(gd, ["digit-" + b, attn], {{mode: "immediate", frame: {{duration: 0, redraw: true}}, transition: {{duration: 0}}}})
+      .then(function() {{ window.Plotly.relayout(gd, {{"title.text": "class-token attention: image " + b + ", " + what}}); }});
+    box.setAttribute("data-frame", attn);
+  }}
+  box.querySelectorAll("select").forEach(function(s) {{ s.addEventListener("change", update); }});
+}})();
+</script>"""
+    return controls + plotly_html(fig, div_id=div_id) + script
+
+
+def show_attention_explorer(fig, labels=None) -> None:
+    """Display the no-kernel explorer (works in the static HTML book and in Colab)."""
+    from IPython.display import HTML, display
+
+    display(HTML(attention_explorer_html(fig, labels)))
+
+
+class AttentionExplorer:
+    """The live explorer for a running kernel (Jupyter, Colab): ipywidgets controls for image,
+    layer and head (or "mean" / "rollout") that redraw a matplotlib overlay as they change.
+
+    ``explorer.widget`` is what to display; ``explorer.drawn`` says what is on screen now, as
+    ``(image, layer, head)``: the tests set the controls' values in Python and read it back."""
+
+    def __init__(self, images, cls_maps, rollouts, labels=None):
+        import ipywidgets as W
+
+        self.images, self.cls_maps, self.rollouts = images, cls_maps, rollouts
+        L, B, H = cls_maps.shape[:3]
+        labels = labels or [str(b) for b in range(B)]
+        self.image = W.Dropdown(
+            options=[(f"{b}: {labels[b]}", b) for b in range(B)], value=0, description="image"
+        )
+        self.layer = W.IntSlider(value=L - 1, min=0, max=L - 1, description="layer")
+        self.head = W.Dropdown(
+            options=[(f"head {h}", h) for h in range(H)]
+            + [("mean of heads", "mean"), ("rollout", "rollout")],
+            value=0,
+            description="head",
+        )
+        self.out = W.Output()
+        self.drawn = None
+        self.draw_count = 0
+        for control in (self.image, self.layer, self.head):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.widget = W.VBox([W.HBox([self.image, self.layer, self.head]), self.out])
+        self.redraw()
+
+    def current_map(self):
+        b, layer, head = self.image.value, self.layer.value, self.head.value
+        if head == "rollout":
+            return self.rollouts[b]
+        if head == "mean":
+            return self.cls_maps[layer, b].mean(0)
+        return self.cls_maps[layer, b, head]
+
+    def redraw(self):
+        b, layer, head = self.image.value, self.layer.value, self.head.value
+        with self.out:
+            self.out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(3.4, 3.4))
+            what = (
+                "rollout"
+                if head == "rollout"
+                else f"layer {layer}, {'mean' if head == 'mean' else f'head {head}'}"
+            )
+            overlay(ax, self.images[b], self.current_map(), what)
+            plt.show()
+            plt.close(fig)
+        self.drawn = (b, layer, head)
+        self.draw_count += 1

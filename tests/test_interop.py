@@ -172,3 +172,21 @@ def test_resized_model_gives_logits_close_to_a_model_built_for_the_new_grid():
 def test_replace_head_gives_a_zero_head_of_the_new_size():
     model = interop.replace_head(ViT(tiny_config()), 3)
     assert model.cfg.num_classes == 3 and model(torch.rand(2, 1, 28, 28)).abs().max() == 0
+
+
+def test_vitbook_to_torchvision_and_back_is_exact():
+    model = randomise(ViT(tiny_config(num_classes=3, in_channels=3)))
+    tv = torchvision.models.VisionTransformer(28, 7, 2, 4, 32, 64, num_classes=3).eval()
+    tv.load_state_dict(interop.to_torchvision_state_dict(model))
+    x = torch.randn(4, 3, 28, 28)
+    assert max_logit_diff(tv, model, x) < 1e-4
+    back = interop.from_torchvision(tv, heads=4)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_hub_is_reported_unreachable_quickly_when_offline():
+    import time
+
+    start = time.perf_counter()
+    reachable = interop.hub_reachable("nonexistent.invalid", timeout=2)
+    assert reachable is False and time.perf_counter() - start < 5

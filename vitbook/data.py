@@ -144,6 +144,7 @@ def _save_npz_atomic(path: Path, images: np.ndarray, labels: np.ndarray) -> None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, labels=labels)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

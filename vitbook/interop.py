@@ -272,3 +272,57 @@ def replace_head(model: ViT, num_classes: int) -> ViT:
     nn.init.zeros_(model.head.bias)
     model.cfg = ViTConfig(**{**model.cfg.to_dict(), "num_classes": num_classes})
     return model
+
+
+def to_torchvision_state_dict(model: ViT) -> dict[str, torch.Tensor]:
+    """vitbook -> torchvision: the inverse of `torchvision_to_vitbook`, for a model torchvision
+    can express (class-token pooling, learned positions)."""
+    if model.cfg.pool != "cls" or model.cfg.pos_embed != "learned":
+        raise ValueError("torchvision's VisionTransformer has class-token pooling and learned positions only")
+    reverse = {}
+    for tv_name, ours in TORCHVISION_NAMES.items():
+        reverse[ours] = tv_name
+    out = {}
+    for key, value in model.state_dict().items():
+        m = re.match(r"blocks\.(\d+)\.(.*)", key)
+        if m:
+            tv = reverse["blocks.{i}." + m.group(2)].format(i=m.group(1))
+        else:
+            tv = reverse[key]
+        out[tv] = value.clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Real pretrained weights: only where the network answers.
+
+
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the weights' host opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pretrained_timm(name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"):
+    """timm's ImageNet ViT with its real weights (downloads from the Hugging Face hub; raises
+    RuntimeError at once when the hub cannot be reached)."""
+    if not hub_reachable():
+        raise RuntimeError("the Hugging Face hub is not reachable from this machine (no internet)")
+    import timm
+
+    return timm.create_model(name, pretrained=True).eval()
+
+
+def pretrained_torchvision():
+    """torchvision's ``vit_b_16`` with its ImageNet weights (downloads from download.pytorch.org;
+    raises RuntimeError at once when that cannot be reached)."""
+    if not hub_reachable("download.pytorch.org"):
+        raise RuntimeError("download.pytorch.org is not reachable from this machine (no internet)")
+    import torchvision
+
+    return torchvision.models.vit_b_16(weights=torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1).eval()

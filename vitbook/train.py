@@ -288,6 +288,7 @@ def fit(
     progress: bool = True,
     stop_at_step: int | None = None,
     on_epoch_end: Callable | None = None,
+    on_step_end: Callable | None = None,
     **recipe,
 ) -> History:
     """Train ``model`` on ``train_data``; evaluate on ``val_data`` after every epoch.
@@ -298,7 +299,9 @@ def fit(
     `DigitAugment` (u: (B, augmentation.num_random) uniform numbers). With ``checkpoint`` set, the state is
     saved atomically every ``checkpoint_every`` steps and at the end of every epoch, and a run
     finds and resumes from an existing checkpoint (``resume=True``). ``stop_at_step`` stops early
-    (after saving), which is how the tests interrupt a run.
+    (after saving), which is how the tests interrupt a run. ``on_step_end(step, total_steps)``
+    runs after every optimizer step (I-JEPA's EMA update), ``on_epoch_end(record)`` after every
+    epoch's evaluation.
     """
     r = Recipe(**recipe)
     rank, world = _dist_env()
@@ -374,12 +377,10 @@ def fit(
     from tqdm.auto import tqdm
 
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    epoch_bar = tqdm(
-        total=num_epochs,
-        desc="epochs",
-        disable=not (progress and is_main),
-        initial=step // steps_per_epoch,
-    )
+    # Bars refresh at most once a second: a notebook front end (and nbval, which reads the
+    # kernel's messages only after a cell ends) must not be flooded with widget updates.
+    bar = dict(mininterval=1.0, maxinterval=10.0, disable=not (progress and is_main))
+    epoch_bar = tqdm(total=num_epochs, desc="epochs", initial=step // steps_per_epoch, **bar)
     start = time.perf_counter() - (history.final.get("time", 0.0) if history.epochs else 0.0)
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -393,8 +394,8 @@ def fit(
             total=epoch_steps,
             desc=f"epoch {epoch + 1}/{num_epochs}",
             leave=False,
-            disable=not (progress and is_main),
             initial=step - epoch * steps_per_epoch,
+            **bar,
         )
         train_model.train()
         while step < (epoch + 1) * steps_per_epoch and step < total_steps:
@@ -453,6 +454,8 @@ def fit(
                 nn.utils.clip_grad_norm_(params, r.grad_clip)
             optimizer.step()
             step += 1
+            if on_step_end is not None:
+                on_step_end(step, total_steps)
             history.step_loss.append(loss_value)
             history.step_lr.append(lr)
             run_loss += batch_loss_sum

@@ -62,3 +62,60 @@ class DigitAugment:
             translate_px=(sym[:, 1] * self.shift, sym[:, 2] * self.shift),
             scale=1 + sym[:, 3] * self.scale,
         )
+
+
+def gaussian_blur(x: torch.Tensor, sigma) -> torch.Tensor:
+    """Blur each image with its own Gaussian of standard deviation ``sigma`` pixels (a number
+    or a (B,) tensor; 0 leaves the image as it is). Separable, 7x7 kernel, zero padding."""
+    B, C, H, W = x.shape
+    s = torch.as_tensor(sigma, dtype=x.dtype).expand(B).clamp_min(1e-3)
+    r = torch.arange(-3, 4, dtype=x.dtype)
+    k = torch.exp(-(r[None] ** 2) / (2 * s[:, None] ** 2))
+    k = k / k.sum(dim=1, keepdim=True)  # (B, 7)
+    flat = x.reshape(1, B * C, H, W)
+    kc = k.repeat_interleave(C, dim=0)  # (B*C, 7)
+    flat = F.conv2d(flat, kc[:, None, None, :], padding=(0, 3), groups=B * C)  # along rows
+    flat = F.conv2d(flat, kc[:, None, :, None], padding=(3, 0), groups=B * C)  # along columns
+    return flat.reshape(B, C, H, W)
+
+
+# Test-time corruptions for robustness tables: name -> (function of (x, severity, generator),
+# the severities used). Each is deterministic for a generator and keeps the label.
+def _rotate(x, s, g):
+    return affine(x, angle_deg=s, translate_px=(0.0, 0.0), scale=1.0)
+
+
+def _noise(x, s, g):
+    return (x + torch.randn(x.shape, generator=g) * s).clamp(0, 1)
+
+
+def _blur(x, s, g):
+    return gaussian_blur(x, s)
+
+
+def _shift(x, s, g):
+    angle = torch.rand(x.shape[0], generator=g) * 2 * math.pi  # a random direction per image
+    return affine(x, angle_deg=0.0, translate_px=(s * torch.cos(angle), s * torch.sin(angle)), scale=1.0)
+
+
+def _dilate(x, s, g):
+    """Thicker strokes: a grey-level dilation with a (2s+1)x(2s+1) square."""
+    k = 2 * int(s) + 1
+    return F.max_pool2d(x, k, stride=1, padding=int(s))
+
+
+CORRUPTIONS = {
+    "rotation": (_rotate, (15.0, 30.0)),  # degrees
+    "noise": (_noise, (0.2, 0.4)),  # Gaussian, standard deviation
+    "blur": (_blur, (1.0, 1.5)),  # Gaussian, sigma in pixels
+    "shift": (_shift, (3.0, 5.0)),  # pixels, random direction
+    "thick strokes": (_dilate, (1, 2)),  # dilation radius in pixels
+}
+
+
+def corrupt(x: torch.Tensor, kind: str, severity, seed: int = 0) -> torch.Tensor:
+    """A corrupted copy of a batch of images in [0, 1]: ``kind`` one of `CORRUPTIONS`."""
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}; choose from {list(CORRUPTIONS)}")
+    g = torch.Generator().manual_seed(seed)
+    return CORRUPTIONS[kind][0](x, severity, g).clamp(0, 1)

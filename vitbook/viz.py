@@ -532,3 +532,92 @@ class AttentionExplorer:
             plt.close(fig)
         self.drawn = (b, layer, head)
         self.draw_count += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def png_data_uri(image, scale: int = 3) -> str:
+    """A small grey image as a PNG data URI (for hover previews in static HTML)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    a = (np.clip(_image2d(image), 0, 1) * 255).astype(np.uint8)
+    img = Image.fromarray(a, mode="L").resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def embedding_scatter(points, groups, images, title: str, group_order=None, symbols=None):
+    """A plotly scatter of 2D points coloured by group; ``images`` (one per point) are shown
+    beside the plot when a point is hovered or clicked (see `embedding_scatter_html`)."""
+    import plotly.graph_objects as go
+
+    pts = _np(points)
+    groups = list(groups)
+    order = group_order or sorted(set(groups), key=groups.index)
+    fig = go.Figure()
+    for g in order:
+        idx = [i for i, gg in enumerate(groups) if gg == g]
+        fig.add_trace(
+            go.Scattergl(
+                x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=str(g), customdata=idx,
+                marker=dict(size=5, opacity=0.75, symbol=(symbols or {}).get(g, "circle")),
+                hovertemplate=f"{g}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(title=title, height=460, margin=dict(l=10, r=10, t=40, b=10), legend=dict(itemsizing="constant"), xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+    fig.layout.meta = {"images": [png_data_uri(im) for im in images]}
+    return fig
+
+
+def embedding_scatter_html(fig) -> str:
+    """The scatter plus an image panel: hovering or clicking a point shows its image."""
+    import json
+    import uuid
+
+    images = fig.layout.meta["images"]
+    fig = go_copy_without_meta(fig)
+    div_id = f"vitbook-scatter-{uuid.uuid4().hex[:10]}"
+    panel = f"""<div style="display:flex;align-items:flex-start;gap:12px">
+<div style="flex:1;min-width:0">{plotly_html(fig, div_id=div_id)}</div>
+<div style="width:100px;text-align:center;font-size:0.8em;padding-top:60px">
+<img id="{div_id}-img" class="vitbook-hover-image" alt="hover a point" style="width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc;background:#000"/>
+<div id="{div_id}-caption">hover or click a point</div></div></div>"""
+    script = f"""<script type="text/javascript">
+(function() {{
+  var images = {json.dumps(images)};
+  function attach() {{
+    var gd = document.getElementById("{div_id}");
+    if (!gd || !gd.on) {{ return setTimeout(attach, 100); }}
+    function show(ev) {{
+      var p = ev.points[0];
+      document.getElementById("{div_id}-img").src = images[p.customdata];
+      document.getElementById("{div_id}-caption").textContent = p.data.name;
+      gd.setAttribute("data-shown", p.customdata);
+    }}
+    gd.on("plotly_hover", show);
+    gd.on("plotly_click", show);
+  }}
+  attach();
+}})();
+</script>"""
+    return panel + script
+
+
+def go_copy_without_meta(fig):
+    import plotly.graph_objects as go
+
+    out = go.Figure(fig)
+    out.layout.meta = None
+    return out
+
+
+def show_embedding_scatter(fig) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(embedding_scatter_html(fig)))

@@ -43,16 +43,18 @@ class Entry:
 
     name: str
     description: str
-    build: Callable[[], nn.Module]
-    train: Callable[[nn.Module], dict]  # trains in place; returns measured metrics
+    build: Callable[[], nn.Module] | None  # None for a cached *result* (metrics, no model)
+    train: Callable[[nn.Module | None], dict]  # trains in place; returns measured metrics
     recipe: dict  # everything that fixes the result besides the code; part of the key
-    modules: tuple[str, ...] = ("model", "train", "data", "transforms", "zoo")
+    modules: tuple[str, ...] = ("model", "train", "data", "transforms")
     minutes: float = 2.0  # rough cold training time on 2 CPU cores, for the message
     depends: tuple[str, ...] = field(default_factory=tuple)  # zoo models it starts from
 
     def key(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps(self.recipe, sort_keys=True, default=str).encode())
+        h.update(inspect.getsource(self.train).encode())
+        h.update(str(ZOO_VERSION).encode())
         for mod in sorted(self.modules):
             h.update((PACKAGE_DIR / f"{mod}.py").read_bytes())
         h.update(torch.__version__.encode())
@@ -65,6 +67,8 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+# Bump when a training helper in this file changes in a way that changes results.
+ZOO_VERSION = 1
 
 
 def register(entry: Entry) -> Entry:
@@ -88,29 +92,23 @@ def is_cached(name: str) -> bool:
 
 
 def _train_and_save(entry: Entry, path: Path) -> None:
+    what = "computing" if entry.build is None else "training"
     print(
-        f"zoo: training {entry.name!r} ({entry.description}); first use, about "
+        f"zoo: {what} {entry.name!r} ({entry.description}); first use, about "
         f"{entry.minutes:g} min on 2 CPU cores. It is cached in {path.parent} for next time."
     )
+    for dep in entry.depends:  # train what this starts from first, each under its own lock
+        _ensure(dep)
     start = time.perf_counter()
-    model = entry.build()
+    model = entry.build() if entry.build is not None else None
     metrics = entry.train(model)
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
-    model.cpu().eval()
-    save_checkpoint(
-        path,
-        {
-            "state_dict": model.state_dict(),
-            "metrics": metrics,
-            "recipe": entry.recipe,
-            "key": entry.key(),
-        },
-    )
+    state = model.cpu().eval().state_dict() if model is not None else None
+    save_checkpoint(path, {"state_dict": state, "metrics": metrics, "recipe": entry.recipe, "key": entry.key()})
 
 
-def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) -> nn.Module:
-    """The trained model ``name`` in eval mode on ``device`` (CPU unless asked), training and
-    caching it on first use."""
+def _ensure(name: str, retrain: bool = False) -> dict:
+    """Train (or compute) ``name`` if it is not cached, then return its saved state."""
     entry = _entry(name)
     path = entry.path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,21 +118,29 @@ def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) ->
         if not path.exists():
             _train_and_save(entry, path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RuntimeError(
             f"the cached zoo model {path} cannot be read ({e}); call zoo.get({name!r}, retrain=True)"
         ) from e
+
+
+def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) -> nn.Module:
+    """The trained model ``name`` in eval mode on ``device`` (CPU unless asked), training and
+    caching it on first use."""
+    entry = _entry(name)
+    if entry.build is None:
+        raise ValueError(f"{name!r} is a cached result, not a model: use zoo.info({name!r})")
+    state = _ensure(name, retrain)
     model = entry.build()
-    load_checked(model, state["state_dict"], f"cached zoo model {path.name}")
+    load_checked(model, state["state_dict"], f"cached zoo model {entry.path().name}")
     return model.to(device).eval()
 
 
 def info(name: str) -> dict:
     """What was measured when ``name`` was trained (test accuracy, training time, ...), plus its
-    recipe and cache key. Trains it first if needed."""
-    get(name)
-    state = torch.load(_entry(name).path(), map_location="cpu", weights_only=False)
+    recipe and cache key; for a result entry, the result. Trains or computes it first if needed."""
+    state = _ensure(name)
     return {"name": name, "key": state["key"], "recipe": state["recipe"], **state["metrics"]}
 
 
@@ -149,11 +155,11 @@ def source(name: str) -> str:
 
 def mnist_config(**overrides) -> ViTConfig:
     """The book's MNIST ViT: 28x28 digits in 7x7 patches (a 4x4 grid), width 64, 3 blocks of
-    4 heads, MLP 128, mean-pooled patch tokens; about 100k parameters. Explicit attention, since
-    for 17 tokens it is faster on a CPU than the fused kernel (see `python -m vitbook.bench`)."""
+    4 heads, MLP 128, classified from the class token; about 105k parameters. Explicit attention,
+    since for 17 tokens it is faster on a CPU than the fused kernel (`python -m vitbook.bench`)."""
     fields = dict(
         image_size=28, patch_size=7, in_channels=1, num_classes=10,
-        dim=64, depth=3, heads=4, mlp_dim=128, pool="mean", fused_attn=False,
+        dim=64, depth=3, heads=4, mlp_dim=128, pool="cls", fused_attn=False,
     )  # fmt: skip
     fields.update(overrides)
     return ViTConfig(**fields)
@@ -201,5 +207,359 @@ register(
         train=lambda m: train_mnist_classifier(m, MNIST_RECIPE),
         recipe={"config": mnist_config().to_dict(), **MNIST_RECIPE},
         minutes=2,
+    )
+)
+
+
+for _pos in ("sincos", "none"):
+    register(
+        Entry(
+            name=f"mnist-vit-{'nopos' if _pos == 'none' else _pos}",
+            description=f"the chapter-4 ViT with {'no' if _pos == 'none' else 'a 2D sin-cos'} position embedding, same recipe",
+            build=_build_seeded(lambda _pos=_pos: mnist_config(pos_embed=_pos)),
+            train=lambda m: train_mnist_classifier(m, MNIST_RECIPE),
+            recipe={"config": mnist_config(pos_embed=_pos).to_dict(), **MNIST_RECIPE},
+            minutes=2,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-supervision (chapters 10 and 11): encoders with 4x4 patches, a 7x7 grid, so that masking
+# 75% still leaves a dozen patches and I-JEPA's blocks have room.
+
+
+def ssl_config(**overrides) -> ViTConfig:
+    """The encoder the self-supervision chapters compare: the chapter-4 architecture with 4x4
+    patches (49 tokens) and mean-pooled patch tokens as the representation."""
+    return mnist_config(**{"patch_size": 4, "pool": "mean", **overrides})
+
+
+SUPERVISED_P4_RECIPE = dict(epochs=2, batch_size=128, lr=3e-3, warmup_epochs=0.3, weight_decay=0.05, label_smoothing=0.1, augment=True, seed=0)
+MAE_RECIPE = dict(epochs=5, batch_size=128, lr=1.5e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, augment=False, seed=0, grad_norm_every=0)
+MAE_ARCH = dict(decoder_dim=64, decoder_depth=1, decoder_heads=4, mask_ratio=0.75, norm_pix_loss=True, norm_eps=1e-2)
+IJEPA_RECIPE = dict(epochs=5, batch_size=128, lr=1.5e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, augment=False, seed=0, grad_norm_every=0)
+IJEPA_ARCH = dict(predictor_dim=32, predictor_depth=2, num_targets=4, ema=(0.99, 1.0))
+N_SNAPSHOT = 8  # test digits whose reconstructions are kept after every MAE epoch
+
+
+def build_mae():
+    from .ssl import MAE
+
+    seed_everything(0)
+    return MAE(ViT(ssl_config()), **MAE_ARCH)
+
+
+def train_mae(mae) -> dict:
+    from .ssl import mae_loss_fn
+
+    fixed = data.mnist("test").tensors()[0][:N_SNAPSHOT]
+    snapshots = []
+
+    def snapshot(record):
+        torch.manual_seed(1234)  # the same masks at every epoch, so the pictures compare
+        snapshots.append(torch.stack(mae.reconstruct(fixed)))  # (3, n, 1, 28, 28)
+
+    history = fit(mae, data.mnist("train"), None, loss_fn=mae_loss_fn, on_epoch_end=snapshot, **MAE_RECIPE)
+    return {"step_loss": history.step_loss, "steps_per_epoch": history.steps_per_epoch, "snapshots": torch.stack(snapshots)}
+
+
+def build_ijepa():
+    from .ssl import IJEPA
+
+    seed_everything(0)
+    return IJEPA(ViT(ssl_config()), **IJEPA_ARCH)
+
+
+def train_ijepa(model) -> dict:
+    from .ssl import embedding_std, ijepa_loss_fn
+
+    probe = data.mnist("test").tensors()[0][:256]
+    stats = {"step": [], "context_std": [], "target_std": [], "encoder_std": []}
+
+    def on_step_end(step, total):
+        model.update_target(step / total)
+        if step % 20 == 0 or step == total:
+            stats["step"].append(step)
+            stats["context_std"].append(model.last_stats["context_std"])
+            stats["target_std"].append(model.last_stats["target_std"])
+            stats["encoder_std"].append(embedding_std(model.encoder, probe))
+
+    history = fit(model, data.mnist("train"), None, loss_fn=ijepa_loss_fn, on_step_end=on_step_end, **IJEPA_RECIPE)
+    return {"step_loss": history.step_loss, "steps_per_epoch": history.steps_per_epoch, "std": stats}
+
+
+register(
+    Entry(
+        name="mnist-vit-p4",
+        description="supervised reference for chapters 10-11: 4x4 patches, all labels",
+        build=_build_seeded(lambda: ssl_config()),
+        train=lambda m: train_mnist_classifier(m, SUPERVISED_P4_RECIPE),
+        recipe={"config": ssl_config().to_dict(), **SUPERVISED_P4_RECIPE},
+        minutes=2,
+    )
+)
+register(
+    Entry(
+        name="mnist-mae",
+        description="MAE pretraining on MNIST's 60,000 training images, no labels",
+        build=build_mae,
+        train=train_mae,
+        recipe={"config": ssl_config().to_dict(), **MAE_RECIPE, **MAE_ARCH},
+        modules=("model", "train", "data", "transforms", "ssl"),
+        minutes=1.5,
+    )
+)
+register(
+    Entry(
+        name="mnist-ijepa",
+        description="I-JEPA pretraining on MNIST's 60,000 training images, no labels",
+        build=build_ijepa,
+        train=train_ijepa,
+        recipe={"config": ssl_config().to_dict(), **IJEPA_RECIPE, **{k: list(v) if isinstance(v, tuple) else v for k, v in IJEPA_ARCH.items()}},
+        modules=("model", "train", "data", "transforms", "ssl"),
+        minutes=2,
+    )
+)
+
+
+def evaluate_ssl_encoders(_=None) -> dict:
+    """The chapters' table: the same protocol (`vitbook.transfer.evaluate_encoder`) for a
+    random-init encoder, the supervised reference, MAE's and I-JEPA's encoders."""
+    from .transfer import evaluate_encoder
+
+    seed_everything(0)
+    encoders = {
+        "random init": ViT(ssl_config()),
+        "supervised (all labels)": get("mnist-vit-p4"),
+        "MAE": get("mnist-mae").encoder,
+        "I-JEPA": get("mnist-ijepa").encoder,
+    }
+    return {"table": {name: evaluate_encoder(enc) for name, enc in encoders.items()}}
+
+
+register(
+    Entry(
+        name="ssl-eval",
+        description="linear probe and 1%/10%-label fine-tuning of four encoders",
+        build=None,
+        train=evaluate_ssl_encoders,
+        recipe={"protocol": "linear probe on 10k + fine-tune 1%/10% labels, 300 steps", "fractions": [0.01, 0.1]},
+        modules=("model", "train", "data", "transforms", "ssl", "transfer", "metrics"),
+        depends=("mnist-vit-p4", "mnist-mae", "mnist-ijepa"),
+        minutes=3,
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer (chapters 7-9): a ViT pretrained on another task, and its fine-tuned descendant.
+
+FASHION_RECIPE = dict(MNIST_RECIPE, epochs=5)
+OPEN_SET_RECIPE = dict(epochs=2, seed=0)
+
+
+def train_fashion(model) -> dict:
+    seed_everything(0)
+    test_set = data.fashion_mnist("test")
+    fit(model, data.fashion_mnist("train"), test_set, **FASHION_RECIPE)
+    return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
+
+
+def build_open_set():
+    seed_everything(0)
+    return ViT(mnist_config(num_classes=3))
+
+
+def train_open_set(model) -> dict:
+    from .transfer import finetune, open_set
+
+    sets = open_set()
+    torch.manual_seed(0)
+    tuned, _ = finetune(get("fashion-vit"), sets["train"], num_classes=3, **OPEN_SET_RECIPE)
+    model.load_state_dict(tuned.state_dict())
+    return {"test_accuracy": evaluate(model, sets["test"])["accuracy"]}
+
+
+register(
+    Entry(
+        name="fashion-vit",
+        description="the chapter-4 ViT trained on Fashion-MNIST: the offline 'pretrained' model",
+        build=_build_seeded(mnist_config),
+        train=train_fashion,
+        recipe={"config": mnist_config().to_dict(), **FASHION_RECIPE},
+        minutes=1.5,
+    )
+)
+register(
+    Entry(
+        name="digits-3-8-unknown",
+        description="fashion-vit fine-tuned to 3, 8 and 'unknown' (chapter 8)",
+        build=build_open_set,
+        train=train_open_set,
+        recipe={"config": mnist_config(num_classes=3).to_dict(), **OPEN_SET_RECIPE},
+        modules=("model", "train", "data", "transforms", "transfer", "interop"),
+        depends=("fashion-vit",),
+        minutes=0.5,
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (chapter 12): a CNN teacher, and small ViT students trained several ways.
+
+CNN_RECIPE = dict(MNIST_RECIPE, epochs=2, lr=2e-3, label_smoothing=0.0)
+STUDENT_RECIPE = dict(MNIST_RECIPE, epochs=4)
+
+
+def student_config(**overrides) -> ViTConfig:
+    """The student: half the width and two thirds of the depth of the chapter-4 ViT."""
+    return mnist_config(**{"dim": 32, "depth": 2, "heads": 2, "mlp_dim": 64, **overrides})
+
+
+def build_cnn():
+    from .distill import SmallCNN
+
+    seed_everything(0)
+    return SmallCNN()
+
+
+def train_cnn(model) -> dict:
+    test_set = data.mnist("test")
+    fit(model, data.mnist("train"), test_set, **CNN_RECIPE)
+    return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
+
+
+# name -> (teacher, kind of distillation, with a distillation token)
+STUDENTS = {
+    "student-plain": (None, "none", False),
+    "student-soft": ("mnist-cnn", "soft", False),
+    "student-hard": ("mnist-cnn", "hard", False),
+    "student-soft-token": ("mnist-cnn", "soft", True),
+    "student-hard-token": ("mnist-cnn", "hard", True),
+    "student-hard-token-vit": ("mnist-vit", "hard", True),
+}
+
+
+def _student_builder(token: bool):
+    def build():
+        from .distill import DistilledViT
+
+        seed_everything(0)
+        return DistilledViT(student_config()) if token else ViT(student_config())
+
+    return build
+
+
+def _student_trainer(teacher_name, kind):
+    def train_student(model) -> dict:
+        from .distill import student_loss_fn
+
+        teacher = get(teacher_name) if teacher_name else None
+        loss_fn = student_loss_fn(teacher, kind) if teacher is not None else None
+        test_set = data.mnist("test")
+        fit(model, data.mnist("train"), test_set, loss_fn=loss_fn, **STUDENT_RECIPE)
+        return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
+
+    return train_student
+
+
+register(
+    Entry(
+        name="mnist-cnn",
+        description="a small CNN teacher for chapter 12",
+        build=build_cnn,
+        train=train_cnn,
+        recipe=CNN_RECIPE,
+        modules=("model", "train", "data", "transforms", "distill"),
+        minutes=1.5,
+    )
+)
+for _name, (_teacher, _kind, _token) in STUDENTS.items():
+    register(
+        Entry(
+            name=_name,
+            description=f"a small ViT student, {_kind} distillation{' from ' + _teacher if _teacher else ''}{', distillation token' if _token else ''}",
+            build=_student_builder(_token),
+            train=_student_trainer(_teacher, _kind),
+            recipe={"config": student_config().to_dict(), "teacher": _teacher, "kind": _kind, "token": _token, **STUDENT_RECIPE},
+            modules=("model", "train", "data", "transforms", "distill"),
+            depends=(_teacher,) if _teacher else (),
+            minutes=0.7,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data (chapter 13): the same ViT trained on synthetic, real, and mixed digits.
+
+SYNTH_RECIPE = dict(MNIST_RECIPE, epochs=4)
+SOURCES = {"synthetic": "60,000 synthetic digits", "real": "60,000 MNIST digits", "mixed": "30,000 MNIST + 30,000 synthetic"}
+
+
+def training_source(name: str):
+    from . import synthetic
+
+    if name == "synthetic":
+        return synthetic.digits(60000, seed=0)
+    real = data.mnist("train")
+    if name == "real":
+        return real
+    half = real.subset(torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:30000])
+    return synthetic.mix(half, synthetic.digits(30000, seed=0))
+
+
+def _source_trainer(source):
+    def train_on_source(model) -> dict:
+        return train_mnist_classifier(model, SYNTH_RECIPE, train_set=training_source(source))
+
+    return train_on_source
+
+
+for _src, _desc in SOURCES.items():
+    register(
+        Entry(
+            name=f"vit-{_src}-digits",
+            description=f"the chapter-4 ViT trained on {_desc}",
+            build=_build_seeded(mnist_config),
+            train=_source_trainer(_src),
+            recipe={"config": mnist_config().to_dict(), "source": _src, **SYNTH_RECIPE},
+            modules=("model", "train", "data", "transforms", "synthetic"),
+            minutes=1,
+        )
+    )
+
+
+FEW_REAL = (10, 100)  # real labels per class
+FEW_STEPS = 600
+
+
+def few_real_labels(_=None) -> dict:
+    """Few real labels with and without 20,000 synthetic digits, same number of steps."""
+    from . import synthetic
+
+    real, test_set = data.mnist("train"), data.mnist("test")
+    synth = synthetic.digits(20000, seed=1)
+    out = {}
+    for n in FEW_REAL:
+        few = data.few_per_class(real, n, seed=0)
+        for name, train_set in (("real only", few), ("real + synthetic", synthetic.mix(few, synth))):
+            seed_everything(0)
+            model = ViT(mnist_config())
+            per_epoch = max(1, len(train_set) // 128)
+            fit(model, train_set, None, progress=False, **dict(MNIST_RECIPE, epochs=FEW_STEPS / per_epoch, warmup_epochs=min(0.5, FEW_STEPS / per_epoch / 4)))
+            out[(n, name)] = evaluate(model, test_set)["accuracy"]
+    return {"table": {f"{n}|{name}": acc for (n, name), acc in out.items()}}
+
+
+register(
+    Entry(
+        name="synthetic-few-labels",
+        description="few real labels, with and without synthetic digits",
+        build=None,
+        train=few_real_labels,
+        recipe={"real_per_class": list(FEW_REAL), "steps": FEW_STEPS, "synthetic": 20000, **MNIST_RECIPE},
+        modules=("model", "train", "data", "transforms", "synthetic"),
+        minutes=1.5,
     )
 )

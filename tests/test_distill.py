@@ -29,8 +29,12 @@ def test_hard_distillation_uses_the_teachers_argmax_as_a_label():
     teacher = torch.tensor([[-1.0, 4.0]])  # says class 1
     y = torch.tensor([0])
     expected = 0.5 * F.cross_entropy(cls, y) + 0.5 * F.cross_entropy(dist, torch.tensor([1]))
-    assert distill.distillation_loss(cls, dist, teacher, y, "hard").item() == pytest.approx(expected.item())
-    assert distill.distillation_loss(cls, dist, teacher, y, "none").item() == pytest.approx(F.cross_entropy(cls, y).item())
+    assert distill.distillation_loss(cls, dist, teacher, y, "hard").item() == pytest.approx(
+        expected.item()
+    )
+    assert distill.distillation_loss(cls, dist, teacher, y, "none").item() == pytest.approx(
+        F.cross_entropy(cls, y).item()
+    )
     with pytest.raises(ValueError):
         distill.distillation_loss(cls, dist, teacher, y, "medium")
 

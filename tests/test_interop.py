@@ -181,7 +181,9 @@ def test_vitbook_to_torchvision_and_back_is_exact():
     x = torch.randn(4, 3, 28, 28)
     assert max_logit_diff(tv, model, x) < 1e-4
     back = interop.from_torchvision(tv, heads=4)
-    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values())
+    )
 
 
 def test_hub_is_reported_unreachable_quickly_when_offline():

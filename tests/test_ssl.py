@@ -18,7 +18,9 @@ def test_random_masking_keeps_exactly_a_quarter_and_restores_order():
     assert kept.shape == (2, 12, 3)
     assert mask.sum(1).tolist() == [37, 37]
     for b in range(2):  # the kept tokens are exactly the unmasked positions
-        assert sorted(kept[b, :, 0].long().tolist()) == [i + 49 * b for i in (mask[b] == 0).nonzero().flatten().tolist()]
+        assert sorted(kept[b, :, 0].long().tolist()) == [
+            i + 49 * b for i in (mask[b] == 0).nonzero().flatten().tolist()
+        ]
     # restoring: unshuffle a shuffled sequence back to patch order
     ids_shuffle = ids_restore.argsort(1)
     shuffled = torch.gather(x, 1, ids_shuffle[..., None].expand(-1, -1, 3))

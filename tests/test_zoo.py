@@ -70,3 +70,39 @@ def test_unknown_names_list_the_zoo():
     with pytest.raises(KeyError, match="mnist-vit"):
         zoo.get("no-such-model")
     assert "mnist-vit" in zoo.names()
+
+
+def test_result_entries_cache_metrics_and_train_their_dependencies_first(tiny_entry, tmp_path):
+    entry, calls = tiny_entry
+    seen = []
+
+    def compute(_):
+        seen.append(zoo.is_cached("tiny-test"))  # the dependency exists by now
+        return {"table": {"a": 1.0}}
+
+    zoo.register(
+        zoo.Entry(
+            "tiny-result",
+            "a cached result",
+            None,
+            compute,
+            recipe={},
+            depends=("tiny-test",),
+            minutes=0,
+        )
+    )
+    try:
+        assert zoo.info("tiny-result")["table"] == {"a": 1.0}
+        assert zoo.info("tiny-result")["table"] == {"a": 1.0}
+        assert seen == [True] and len(calls) == 1
+        with pytest.raises(ValueError, match="cached result"):
+            zoo.get("tiny-result")
+    finally:
+        zoo.REGISTRY.pop("tiny-result")
+
+
+def test_every_zoo_entry_has_a_stable_key_and_a_description():
+    for name in zoo.names():
+        e = zoo.REGISTRY[name]
+        assert e.key() == e.key() and len(e.key()) == 16
+        assert e.description and all(d in zoo.REGISTRY for d in e.depends)

@@ -276,70 +276,65 @@ def main(argv=None):
     parts = args.only or (
         ["throughput", "time-to-98.5"] if args.quick else ["throughput", "time-to-98.5", "best"]
     )
-    command = (
-        "python -m vitbook.bench"
-        + (" --quick" if args.quick else "")
-        + "".join(f" --only {o}" for o in args.only or [])
-    )
-    sections = [
-        f"Measured on {datetime.date.today().isoformat()} with `{command}` on: {machine()}."
-    ]
-    print(sections[0], flush=True)
-    if "throughput" in parts:
-        mnist_cfg = zoo.mnist_config(pool="cls")
-        res = throughput(
-            mnist_cfg,
-            128,
-            rounds=3 if args.quick else 7,
-            compile=not args.quick,
-            label="MNIST ViT (28 px, 7x7 patches, width 64, 3 blocks)",
+    for part in parts:
+        command = f"python -m vitbook.bench{' --quick' if args.quick else ''} --only {part}"
+        header = (
+            f"Measured on {datetime.date.today().isoformat()} with `{command}` on: {machine()}."
         )
-        sections.append("### Training throughput against timm\n\n" + format_throughput(res))
-        print(sections[-1], flush=True)
-        if not args.quick:
+        print(header, flush=True)
+        if part == "throughput":
             res = throughput(
-                ViTConfig(
-                    image_size=224,
-                    patch_size=16,
-                    in_channels=3,
-                    num_classes=1000,
-                    dim=192,
-                    depth=12,
-                    heads=3,
-                    mlp_dim=768,
-                ),
-                16,
-                rounds=5,
-                steps=3,
-                compile=False,
-                label="ViT-Ti/16 (224 px, ImageNet size)",
+                zoo.mnist_config(),
+                128,
+                rounds=3 if args.quick else 7,
+                compile=not args.quick,
+                label="MNIST ViT (28 px, 7x7 patches, width 64, 3 blocks)",
             )
-            sections.append(format_throughput(res))
-            print(sections[-1], flush=True)
-    if "time-to-98.5" in parts:
-        res = time_to_accuracy(0.985)
-        sections.append(
-            "### Time to 98.5% MNIST test accuracy\n\n" + format_accuracy(res, "chapter-4 recipe")
-        )
-        print(sections[-1], flush=True)
-    if "best" in parts:
-        res = best_accuracy()
-        sections.append("### Best accuracy\n\n" + format_accuracy(res, "best-accuracy recipe"))
-        print(sections[-1], flush=True)
-    if args.write:
-        write_appendix(sections)
+            body = "### Training throughput against timm\n\n" + format_throughput(res)
+            if not args.quick:
+                big = throughput(
+                    ViTConfig(
+                        image_size=224,
+                        patch_size=16,
+                        in_channels=3,
+                        num_classes=1000,
+                        dim=192,
+                        depth=12,
+                        heads=3,
+                        mlp_dim=768,
+                    ),
+                    16,
+                    rounds=5,
+                    steps=3,
+                    compile=False,
+                    label="ViT-Ti/16 (224 px, ImageNet size)",
+                )
+                body += "\n\n" + format_throughput(big)
+        elif part == "time-to-98.5":
+            body = "### Time to 98.5% MNIST test accuracy\n\n" + format_accuracy(
+                time_to_accuracy(0.985), "chapter-4 recipe"
+            )
+        else:
+            body = "### Best accuracy\n\n" + format_accuracy(
+                best_accuracy(), "best-accuracy recipe"
+            )
+        text = header + "\n\n" + body
+        print(text, flush=True)
+        if args.write:
+            write_section(part, text)
 
 
-def write_appendix(sections: list[str]) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    body = begin + "\n" + "\n\n".join(sections) + "\n" + end
-    if begin in text:
-        text = text[: text.index(begin)] + body + text[text.index(end) + len(end) :]
+def write_section(part: str, text: str) -> None:
+    """Replace this part's section of the appendix page (between its markers), or append it."""
+    page = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = f"<!-- bench:{part}:begin -->", f"<!-- bench:{part}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in page:
+        page = page[: page.index(begin)] + block + page[page.index(end) + len(end) :]
     else:
-        text = text + "\n" + body + "\n"
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+        page = page.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(page)
+    print(f"wrote the {part} section of {RESULTS}")
 
 
 if __name__ == "__main__":

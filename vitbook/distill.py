@@ -25,10 +25,14 @@ class DistilledViT(ViT):
 
     def __init__(self, cfg: ViTConfig):
         if cfg.pos_embed != "learned" or cfg.pool != "cls":
-            raise ValueError("DistilledViT uses learned position embeddings and class-token pooling")
+            raise ValueError(
+                "DistilledViT uses learned position embeddings and class-token pooling"
+            )
         super().__init__(cfg)
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 2, cfg.dim))  # two prefix tokens
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, cfg.num_patches + 2, cfg.dim)
+        )  # two prefix tokens
         self.head_dist = nn.Linear(cfg.dim, cfg.num_classes)
         nn.init.trunc_normal_(self.dist_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -40,7 +44,9 @@ class DistilledViT(ViT):
         return self.patch_embed(x) + self.pos_embed[:, 2:]  # (B, N, D)
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = torch.cat([self.cls_token, self.dist_token], dim=1) + self.pos_embed[:, :2]  # (1, 2, D)
+        prefix = (
+            torch.cat([self.cls_token, self.dist_token], dim=1) + self.pos_embed[:, :2]
+        )  # (1, 2, D)
         return torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+2, D)
 
     def forward_heads(self, x: torch.Tensor):
@@ -54,7 +60,15 @@ class DistilledViT(ViT):
         return (logits, maps) if return_attn else logits
 
 
-def distillation_loss(cls_logits, dist_logits, teacher_logits, labels, kind: str = "hard", alpha: float = 0.5, tau: float = 3.0) -> torch.Tensor:
+def distillation_loss(
+    cls_logits,
+    dist_logits,
+    teacher_logits,
+    labels,
+    kind: str = "hard",
+    alpha: float = 0.5,
+    tau: float = 3.0,
+) -> torch.Tensor:
     """The DeiT objectives. ``dist_logits`` is the distillation head's output, or the class head's
     again for a student without a distillation token.
 
@@ -65,10 +79,17 @@ def distillation_loss(cls_logits, dist_logits, teacher_logits, labels, kind: str
     if kind == "none":
         return ce
     if kind == "soft":
-        kl = F.kl_div(F.log_softmax(dist_logits / tau, dim=-1), F.log_softmax(teacher_logits / tau, dim=-1), reduction="batchmean", log_target=True)
+        kl = F.kl_div(
+            F.log_softmax(dist_logits / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
         return (1 - alpha) * ce + alpha * tau**2 * kl
     if kind == "hard":
-        return (1 - alpha) * ce + alpha * F.cross_entropy(dist_logits, teacher_logits.argmax(dim=-1))
+        return (1 - alpha) * ce + alpha * F.cross_entropy(
+            dist_logits, teacher_logits.argmax(dim=-1)
+        )
     raise ValueError(f"kind must be 'soft', 'hard' or 'none', got {kind!r}")
 
 
@@ -80,7 +101,9 @@ def student_loss_fn(teacher: nn.Module, kind: str, alpha: float = 0.5, tau: floa
     def loss_fn(model, x, y):
         with torch.no_grad():
             t = teacher(x)
-        if isinstance(model, DistilledViT) or isinstance(getattr(model, "module", None), DistilledViT):
+        if isinstance(model, DistilledViT) or isinstance(
+            getattr(model, "module", None), DistilledViT
+        ):
             m = model.module if hasattr(model, "module") else model
             cls_logits, dist_logits = m.forward_heads(x)
             logits = (cls_logits + dist_logits) / 2
@@ -94,14 +117,16 @@ def student_loss_fn(teacher: nn.Module, kind: str, alpha: float = 0.5, tau: floa
 class SmallCNN(nn.Module):
     """A compact convnet teacher for 28x28 digits: two conv blocks and a classifier."""
 
-    def __init__(self, num_classes: int = 10, width: int = 32):
+    def __init__(self, num_classes: int = 10, width: int = 16):
         super().__init__()
         self.features_ = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
         )  # fmt: skip
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width * 7 * 7, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width * 7 * 7, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features_(x))

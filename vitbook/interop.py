@@ -278,7 +278,9 @@ def to_torchvision_state_dict(model: ViT) -> dict[str, torch.Tensor]:
     """vitbook -> torchvision: the inverse of `torchvision_to_vitbook`, for a model torchvision
     can express (class-token pooling, learned positions)."""
     if model.cfg.pool != "cls" or model.cfg.pos_embed != "learned":
-        raise ValueError("torchvision's VisionTransformer has class-token pooling and learned positions only")
+        raise ValueError(
+            "torchvision's VisionTransformer has class-token pooling and learned positions only"
+        )
     reverse = {}
     for tv_name, ours in TORCHVISION_NAMES.items():
         reverse[ours] = tv_name
@@ -325,4 +327,6 @@ def pretrained_torchvision():
         raise RuntimeError("download.pytorch.org is not reachable from this machine (no internet)")
     import torchvision
 
-    return torchvision.models.vit_b_16(weights=torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1).eval()
+    return torchvision.models.vit_b_16(
+        weights=torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1
+    ).eval()

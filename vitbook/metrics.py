@@ -16,7 +16,9 @@ from .train import as_tensors
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module, data, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled representation ``model.features(x)`` (B, D) of every image, and the labels."""
     x, y = as_tensors(data)
     was = model.training
@@ -26,7 +28,15 @@ def extract_features(model: nn.Module, data, batch_size: int = 1000) -> tuple[to
     return feats, y
 
 
-def linear_probe(train_feats, train_labels, test_feats, test_labels, epochs: int = 100, lr: float = 0.05, weight_decay: float = 1e-4) -> float:
+def linear_probe(
+    train_feats,
+    train_labels,
+    test_feats,
+    test_labels,
+    epochs: int = 100,
+    lr: float = 0.05,
+    weight_decay: float = 1e-4,
+) -> float:
     """Test accuracy of a logistic-regression classifier trained on frozen features
     (standardised with the training set's statistics; full-batch AdamW). Deterministic."""
     g = torch.Generator().manual_seed(0)

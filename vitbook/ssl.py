@@ -77,7 +77,16 @@ class MAE(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.norm_eps = norm_eps
-        dec = ViTConfig(**{**cfg.to_dict(), "dim": decoder_dim, "heads": decoder_heads, "mlp_dim": 2 * decoder_dim, "depth": decoder_depth, "fused_attn": cfg.fused_attn})
+        dec = ViTConfig(
+            **{
+                **cfg.to_dict(),
+                "dim": decoder_dim,
+                "heads": decoder_heads,
+                "mlp_dim": 2 * decoder_dim,
+                "depth": decoder_depth,
+                "fused_attn": cfg.fused_attn,
+            }
+        )
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         pos = torch.cat([torch.zeros(1, decoder_dim), sincos_pos_embed(decoder_dim, cfg.grid_size)])
@@ -120,7 +129,9 @@ class MAE(nn.Module):
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None):
         """Returns (loss, predictions (B, N, C*P*P), mask (B, N))."""
-        latent, mask, ids_restore = self.encode_visible(imgs, self.mask_ratio if mask_ratio is None else mask_ratio)
+        latent, mask, ids_restore = self.encode_visible(
+            imgs, self.mask_ratio if mask_ratio is None else mask_ratio
+        )
         pred = self.decode(latent, ids_restore)
         return self.loss(imgs, pred, mask), pred, mask
 
@@ -157,7 +168,9 @@ def mae_loss_fn(model: MAE, x, y):
 # I-JEPA
 
 
-def sample_block(grid: int, scale: tuple[float, float], aspect: tuple[float, float], rng: random.Random) -> tuple[int, int]:
+def sample_block(
+    grid: int, scale: tuple[float, float], aspect: tuple[float, float], rng: random.Random
+) -> tuple[int, int]:
     """A block (height, width) in patches covering about ``scale`` of the grid."""
     s = rng.uniform(*scale) * grid * grid
     a = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
@@ -219,16 +232,22 @@ class Predictor(nn.Module):
 
     def __init__(self, cfg: ViTConfig, dim: int = 32, depth: int = 2, heads: int = 4):
         super().__init__()
-        pcfg = ViTConfig(**{**cfg.to_dict(), "dim": dim, "heads": heads, "mlp_dim": 2 * dim, "depth": depth})
+        pcfg = ViTConfig(
+            **{**cfg.to_dict(), "dim": dim, "heads": heads, "mlp_dim": 2 * dim, "depth": depth}
+        )
         self.embed = nn.Linear(cfg.dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos", sincos_pos_embed(dim, cfg.grid_size)[None], persistent=False)  # (1, N, d)
+        self.register_buffer(
+            "pos", sincos_pos_embed(dim, cfg.grid_size)[None], persistent=False
+        )  # (1, N, d)
         self.blocks = nn.ModuleList([Block(pcfg) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, cfg.dim)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor
+    ) -> torch.Tensor:
         B = ctx.shape[0]
         pos = self.pos.expand(B, -1, -1)
         x = self.embed(ctx) + gather_tokens(pos, ctx_idx)  # (B, n_ctx, d)
@@ -242,7 +261,14 @@ class Predictor(nn.Module):
 class IJEPA(nn.Module):
     """Context encoder (the ViT being trained), EMA target encoder, and predictor."""
 
-    def __init__(self, encoder: ViT, predictor_dim: int = 32, predictor_depth: int = 2, num_targets: int = 4, ema: tuple[float, float] = (0.99, 1.0)):
+    def __init__(
+        self,
+        encoder: ViT,
+        predictor_dim: int = 32,
+        predictor_depth: int = 2,
+        num_targets: int = 4,
+        ema: tuple[float, float] = (0.99, 1.0),
+    ):
         super().__init__()
         self.encoder = encoder
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -267,11 +293,11 @@ class IJEPA(nn.Module):
         tokens = gather_tokens(self.encoder.embed(imgs), ctx_idx)  # (B, n_ctx, D)
         z, _ = self.encoder.encode(self.encoder.prepend_cls(tokens))
         z = z[:, 1:]  # context embeddings, (B, n_ctx, D)
-        loss = 0.0
-        for tgt in tgt_idxs:
-            pred = self.predictor(z, ctx_idx, tgt)
-            loss = loss + F.mse_loss(pred, gather_tokens(h, tgt))
-        loss = loss / len(tgt_idxs)
+        # All target blocks in one predictor call: the context repeated once per block, (K*B, ...)
+        K = len(tgt_idxs)
+        tgt = torch.cat(tgt_idxs)  # (K*B, n_tgt)
+        pred = self.predictor(z.repeat(K, 1, 1), ctx_idx.repeat(K, 1), tgt)  # (K*B, n_tgt, D)
+        loss = F.mse_loss(pred, gather_tokens(h.repeat(K, 1, 1), tgt))
         self.last_stats = {
             "context_std": z.detach().flatten(0, 1).std(dim=0).mean().item(),
             "target_std": h.flatten(0, 1).std(dim=0).mean().item(),

@@ -49,7 +49,13 @@ def fit_mnist_frame(glyph: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     s = 20 / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS), dtype=np.float32) / 255
+    small = (
+        np.asarray(
+            Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS),
+            dtype=np.float32,
+        )
+        / 255
+    )
     canvas = np.zeros((28, 28), np.float32)
     total = small.sum()
     cy = (small.sum(1) * np.arange(nh)).sum() / total
@@ -73,7 +79,15 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         for digit in range(10):
             for stroke in STROKES:
                 img = Image.new("L", (96, 96), 0)
-                ImageDraw.Draw(img).text((48, 48), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255)
+                ImageDraw.Draw(img).text(
+                    (48, 48),
+                    str(digit),
+                    fill=255,
+                    font=font,
+                    anchor="mm",
+                    stroke_width=stroke,
+                    stroke_fill=255,
+                )
                 a = np.asarray(img, dtype=np.float32) / 255
                 if a.max() == 0:  # a font without this glyph
                     continue
@@ -83,7 +97,9 @@ def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels), names
 
 
-def elastic(x: torch.Tensor, alpha: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+def elastic(
+    x: torch.Tensor, alpha: torch.Tensor, sigma: float, generator: torch.Generator
+) -> torch.Tensor:
     """Elastic distortion (Simard et al., 2003): a random displacement field, smoothed with a
     Gaussian of width ``sigma`` pixels and scaled by ``alpha`` pixels per image, moves each pixel."""
     B, _, H, W = x.shape
@@ -91,12 +107,26 @@ def elastic(x: torch.Tensor, alpha: torch.Tensor, sigma: float, generator: torch
     field = gaussian_blur(field, torch.full((B,), sigma))
     field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     field = field * alpha.view(B, 1, 1, 1) * 2 / H  # pixels -> normalised coordinates
-    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / H, 1 - 1 / H, H), torch.linspace(-1 + 1 / W, 1 - 1 / W, W), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1 + 1 / H, 1 - 1 / H, H),
+        torch.linspace(-1 + 1 / W, 1 - 1 / W, W),
+        indexing="ij",
+    )
     grid = torch.stack([xs, ys], dim=-1).expand(B, H, W, 2) + field.permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def digits(n: int, seed: int = 0, degrees: float = 12, shear: float = 10, scale: float = 0.12, shift: float = 2, elastic_alpha: float = 2.0, blur: float = 0.8, noise: float = 0.06) -> data.ImageDataset:
+def digits(
+    n: int,
+    seed: int = 0,
+    degrees: float = 12,
+    shear: float = 10,
+    scale: float = 0.12,
+    shift: float = 2,
+    elastic_alpha: float = 2.0,
+    blur: float = 0.8,
+    noise: float = 0.06,
+) -> data.ImageDataset:
     """``n`` synthetic digits, balanced over the 10 classes, deterministic for ``seed``.
 
     Each image: a random font and stroke width; a random affine change (rotation up to
@@ -118,19 +148,31 @@ def digits(n: int, seed: int = 0, degrees: float = 12, shear: float = 10, scale:
         x = bank[pick[i : i + 4096]].clone()
         b = len(x)
         u = torch.rand(b, 8, generator=g) * 2 - 1
-        x = affine(x, angle_deg=u[:, 0] * degrees, translate_px=(u[:, 1] * shift, u[:, 2] * shift), scale=1 + u[:, 3] * scale, shear_deg=u[:, 4] * shear)
+        x = affine(
+            x,
+            angle_deg=u[:, 0] * degrees,
+            translate_px=(u[:, 1] * shift, u[:, 2] * shift),
+            scale=1 + u[:, 3] * scale,
+            shear_deg=u[:, 4] * shear,
+        )
         x = elastic(x, (u[:, 5].abs()) * elastic_alpha, sigma=3.0, generator=g)
         x = gaussian_blur(x, (u[:, 6].abs()) * blur)
         x = x + torch.randn(x.shape, generator=g) * (u[:, 7].abs() * noise).view(b, 1, 1, 1)
         out.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
-    return data.ImageDataset(torch.cat(out), labels, data.MNIST_CLASSES, f"synthetic-{n}-seed{seed}")
+    return data.ImageDataset(
+        torch.cat(out), labels, data.MNIST_CLASSES, f"synthetic-{n}-seed{seed}"
+    )
 
 
 def mix(real: data.ImageDataset, synthetic: data.ImageDataset) -> data.ImageDataset:
     """One dataset holding both (for mixed training)."""
-    return data.ImageDataset(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]), real.classes, f"{real.name}+{synthetic.name}")
+    return data.ImageDataset(
+        torch.cat([real.images, synthetic.images]),
+        torch.cat([real.labels, synthetic.labels]),
+        real.classes,
+        f"{real.name}+{synthetic.name}",
+    )
 
 
 def glyph_count() -> int:
     return len(glyph_bank()[1])
-

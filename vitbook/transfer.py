@@ -17,10 +17,20 @@ from .train import History, evaluate, fit
 
 # Fine-tuning recipe: gentler than training from scratch (lower peak learning rate, short
 # warm-up), no label smoothing so that probabilities stay calibrated for open-set scores.
-FINETUNE_RECIPE = dict(lr=1e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, batch_size=64, augment=True)
+FINETUNE_RECIPE = dict(
+    lr=1e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, batch_size=64, augment=True
+)
 
 
-def finetune(model: ViT, train_set, val_set=None, num_classes: int | None = None, steps: int | None = None, copy_model: bool = True, **recipe) -> tuple[ViT, History]:
+def finetune(
+    model: ViT,
+    train_set,
+    val_set=None,
+    num_classes: int | None = None,
+    steps: int | None = None,
+    copy_model: bool = True,
+    **recipe,
+) -> tuple[ViT, History]:
     """Fine-tune ``model`` (all weights) on ``train_set``, with a fresh zero-initialised head
     when ``num_classes`` is given. ``steps`` sets the length in optimizer steps (so label budgets
     of different sizes train equally long); otherwise ``epochs`` from the recipe.
@@ -46,7 +56,9 @@ def label_budget(train_set, fraction: float, seed: int = 0):
     return data.few_per_class(train_set, per_class, seed=seed)
 
 
-def evaluate_encoder(encoder: ViT, fractions=(0.01, 0.1), probe_train: int = 10000, steps: int = 300, seed: int = 0) -> dict:
+def evaluate_encoder(
+    encoder: ViT, fractions=(0.01, 0.1), probe_train: int = 10000, steps: int = 300, seed: int = 0
+) -> dict:
     """The self-supervision chapters' protocol, identical for every encoder:
 
     * linear probe: logistic regression on frozen pooled features of ``probe_train`` training
@@ -55,7 +67,9 @@ def evaluate_encoder(encoder: ViT, fractions=(0.01, 0.1), probe_train: int = 100
       whole encoder with a new head for the same number of steps, test on all test images.
     """
     train_set, test_set = data.mnist("train"), data.mnist("test")
-    probe_set = train_set.subset(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:probe_train])
+    probe_set = train_set.subset(
+        torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:probe_train]
+    )
     ftr, ytr = extract_features(encoder, probe_set)
     fte, yte = extract_features(encoder, test_set)
     out = {"linear_probe": linear_probe(ftr, ytr, fte, yte)}
@@ -89,7 +103,13 @@ def select(ds: data.ImageDataset, digits) -> data.ImageDataset:
     return ds.subset(keep.nonzero().flatten())
 
 
-def open_set(known=KNOWN, unknown_train=UNKNOWN_TRAIN, unknown_held_out=UNKNOWN_HELD_OUT, fashion_test: int = 2000, seed: int = 0) -> dict:
+def open_set(
+    known=KNOWN,
+    unknown_train=UNKNOWN_TRAIN,
+    unknown_held_out=UNKNOWN_HELD_OUT,
+    fashion_test: int = 2000,
+    seed: int = 0,
+) -> dict:
     """The chapter-8 task. Returns datasets labelled 0 = first known digit, 1 = second,
     2 = unknown:
 
@@ -105,11 +125,18 @@ def open_set(known=KNOWN, unknown_train=UNKNOWN_TRAIN, unknown_held_out=UNKNOWN_
     n_unknown = len(known_train) // len(known)
     unknown_part = unknown_pool.subset(torch.randperm(len(unknown_pool), generator=g)[:n_unknown])
     train = data.ImageDataset(
-        torch.cat([known_train.images, unknown_part.images]), torch.cat([known_train.labels, unknown_part.labels]), name="mnist-train"
+        torch.cat([known_train.images, unknown_part.images]),
+        torch.cat([known_train.labels, unknown_part.labels]),
+        name="mnist-train",
     )
     fashion = data.fashion_mnist("test")
     fashion_part = fashion.subset(torch.randperm(len(fashion), generator=g)[:fashion_test])
-    novel_fashion = data.ImageDataset(fashion_part.images, torch.full((len(fashion_part),), len(known)), OPEN_SET_CLASSES, "fashion-test")
+    novel_fashion = data.ImageDataset(
+        fashion_part.images,
+        torch.full((len(fashion_part),), len(known)),
+        OPEN_SET_CLASSES,
+        "fashion-test",
+    )
     return {
         "train": relabel(train, known),
         "test": relabel(select(test_all, (*known, *unknown_train)), known),

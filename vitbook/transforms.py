@@ -95,7 +95,9 @@ def _blur(x, s, g):
 
 def _shift(x, s, g):
     angle = torch.rand(x.shape[0], generator=g) * 2 * math.pi  # a random direction per image
-    return affine(x, angle_deg=0.0, translate_px=(s * torch.cos(angle), s * torch.sin(angle)), scale=1.0)
+    return affine(
+        x, angle_deg=0.0, translate_px=(s * torch.cos(angle), s * torch.sin(angle)), scale=1.0
+    )
 
 
 def _dilate(x, s, g):

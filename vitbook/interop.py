@@ -78,37 +78,37 @@ def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
     )
 
 
-def _config_from(
-    sd: dict,
-    dim_key: str,
-    patch_key: str,
-    pos_key: str,
-    head_key: str,
-    depth: int,
-    fc1_key: str,
-    heads: int,
-    qkv_key: str,
-) -> ViTConfig:
-    dim = sd[dim_key].shape[-1]
-    patch = sd[patch_key].shape[-1]
-    channels = sd[patch_key].shape[1]
-    tokens = sd[pos_key].shape[1]
+def _config_from(sd: dict, heads: int) -> ViTConfig:
+    """Read a ViT's configuration off a state dict with vitbook (= timm) names."""
+    dim = sd["cls_token"].shape[-1]
+    patch, channels = (
+        sd["patch_embed.proj.weight"].shape[-1],
+        sd["patch_embed.proj.weight"].shape[1],
+    )
+    tokens = sd["pos_embed"].shape[1]
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
         raise ValueError(
-            f"{pos_key} has {tokens} tokens: expected a class token plus a square grid of patches"
+            f"pos_embed has {tokens} tokens: expected a class token plus a square grid of patches"
         )
     return ViTConfig(
         image_size=grid * patch,
         patch_size=patch,
         in_channels=channels,
-        num_classes=sd[head_key].shape[0],
+        num_classes=sd["head.weight"].shape[0],
         dim=dim,
-        depth=depth,
+        depth=_count_blocks(sd, r"blocks\.(\d+)\."),
         heads=heads,
-        mlp_dim=sd[fc1_key].shape[0],
-        qkv_bias=qkv_key in sd,
+        mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
     )
+
+
+def _build(sd: dict, heads: int | None, source, heads_attr: str, what: str) -> ViT:
+    """A ViT built from the configuration the (vitbook-named) weights imply, loaded with them."""
+    model = ViT(_config_from(sd, _heads(sd["cls_token"].shape[-1], heads, source, heads_attr)))
+    load_checked(model, sd, what)
+    return model
 
 
 def _count_blocks(sd: dict, pattern: str) -> int:
@@ -153,23 +153,13 @@ def from_torchvision(model_or_state_dict, heads: int | None = None) -> ViT:
     """A vitbook `ViT` with the weights of a torchvision ``VisionTransformer`` (``vit_b_16`` and
     friends), or of its state dict. Its logits equal torchvision's for the same input."""
     sd = torchvision_to_vitbook(_state_dict(model_or_state_dict))
-    depth = _count_blocks(sd, r"blocks\.(\d+)\.")
-    dim = sd["cls_token"].shape[-1]
-    h = _heads(dim, heads, model_or_state_dict, "encoder.layers.0.self_attention.num_heads")
-    cfg = _config_from(
+    return _build(
         sd,
-        "cls_token",
-        "patch_embed.proj.weight",
-        "pos_embed",
-        "head.weight",
-        depth,
-        "blocks.0.mlp.fc1.weight",
-        h,
-        "blocks.0.attn.qkv.bias",
+        heads,
+        model_or_state_dict,
+        "encoder.layers.0.self_attention.num_heads",
+        "torchvision checkpoint",
     )
-    model = ViT(cfg)
-    load_checked(model, sd, "torchvision checkpoint")
-    return model
 
 
 # timm parts vitbook does not have; a checkpoint that uses them is refused with this reason.
@@ -203,23 +193,7 @@ def from_timm(model_or_state_dict, heads: int | None = None) -> ViT:
             raise CheckpointMismatchError(
                 "this timm model adds no position embedding to the class token (no_embed_class=True); vitbook's ViT does"
             )
-    depth = _count_blocks(sd, r"blocks\.(\d+)\.")
-    dim = sd["cls_token"].shape[-1]
-    h = _heads(dim, heads, model_or_state_dict, "blocks.0.attn.num_heads")
-    cfg = _config_from(
-        sd,
-        "cls_token",
-        "patch_embed.proj.weight",
-        "pos_embed",
-        "head.weight",
-        depth,
-        "blocks.0.mlp.fc1.weight",
-        h,
-        "blocks.0.attn.qkv.bias",
-    )
-    model = ViT(cfg)
-    load_checked(model, sd, "timm checkpoint")
-    return model
+    return _build(sd, heads, model_or_state_dict, "blocks.0.attn.num_heads", "timm checkpoint")
 
 
 def to_timm_state_dict(model: ViT) -> dict[str, torch.Tensor]:

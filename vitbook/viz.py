@@ -263,7 +263,7 @@ def plotly_html(fig, div_id: str | None = None) -> str:
             "data": spec.get("data", []),
             "layout": spec.get("layout", {}),
             "frames": spec.get("frames", []),
-            "config": {"displaylogo": False, "responsive": True},
+            "config": {"displaylogo": False, "responsive": True, "typesetMath": False},
         },
         cls=plotly.utils.PlotlyJSONEncoder,
     )

@@ -27,7 +27,7 @@ from filelock import FileLock
 
 from . import data
 from .model import ViT, ViTConfig, load_checked
-from .train import evaluate, fit, save_checkpoint, seed_everything
+from .train import evaluate, fit, load_checkpoint, save_checkpoint, seed_everything
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -120,11 +120,9 @@ def _ensure(name: str, retrain: bool = False) -> dict:
         if not path.exists():
             _train_and_save(entry, path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise RuntimeError(
-            f"the cached zoo model {path} cannot be read ({e}); call zoo.get({name!r}, retrain=True)"
-        ) from e
+        return load_checkpoint(path)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}; or call zoo.get({name!r}, retrain=True)") from e
 
 
 def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) -> nn.Module:
@@ -266,17 +264,7 @@ MAE_ARCH = dict(
     norm_pix_loss=True,
     norm_eps=1e-2,
 )
-IJEPA_RECIPE = dict(
-    epochs=3,
-    batch_size=128,
-    lr=1.5e-3,
-    warmup_epochs=0.5,
-    weight_decay=0.05,
-    label_smoothing=0.0,
-    augment=False,
-    seed=0,
-    grad_norm_every=0,
-)
+IJEPA_RECIPE = dict(MAE_RECIPE, epochs=3)
 IJEPA_ARCH = dict(predictor_dim=32, predictor_depth=2, num_targets=4, ema=(0.99, 1.0))
 N_SNAPSHOT = 8  # test digits whose reconstructions are kept after every MAE epoch
 
@@ -620,7 +608,8 @@ FEW_STEPS = 600
 
 
 def few_real_labels(_=None) -> dict:
-    """Few real labels with and without 20,000 synthetic digits, same number of steps."""
+    """Few real labels alone, plus 20,000 synthetic digits, and plus the synthetic digits with the
+    real ones repeated to make half of every epoch; the same number of steps for each."""
     from . import synthetic
 
     real, test_set = data.mnist("train"), data.mnist("test")
@@ -628,10 +617,17 @@ def few_real_labels(_=None) -> dict:
     out = {}
     for n in FEW_REAL:
         few = data.few_per_class(real, n, seed=0)
-        for name, train_set in (
+        repeats = len(synth) // len(few)  # the real digits, repeated to match the synthetic ones
+        balanced = synthetic.mix(
+            data.ImageDataset(few.images.repeat(repeats, 1, 1, 1), few.labels.repeat(repeats)),
+            synth,
+        )
+        variants = (
             ("real only", few),
             ("real + synthetic", synthetic.mix(few, synth)),
-        ):
+            ("real + synthetic, balanced", balanced),
+        )
+        for name, train_set in variants:
             seed_everything(0)
             model = ViT(mnist_config())
             batch = 64  # a batch no larger than the smallest training set (10 per class)

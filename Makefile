@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA := $(or $(VITBOOK_DATA),$(HOME)/.cache/vitbook/data)
 FASHION := $(DATA)/debian/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
-STATIC := _static
+STATIC := _assets
 CELL_TIMEOUT := 900
 
 .PHONY: setup book test browser-test lint bench clean help

@@ -1,19 +1,20 @@
 """Small fixes to the HTML that Jupyter Book 1.x writes, so every page loads cleanly offline.
 
-* Jupyter Book and sphinx-thebe both add sphinx-thebe's inline configuration script; the
-  second copy re-declares a ``const`` and throws in the browser. Keep the first copy of every
-  identical inline script.
+* Jupyter Book and sphinx-thebe both register sphinx-thebe's inline configuration script (and
+  sphinx-togglebutton's), once with the file name ``None`` and once with ``""``; the page then
+  declares the same ``const`` twice and the browser throws. Keep the first of every script that
+  has the same file (``None`` and ``""`` alike) and the same attributes.
 """
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
     seen, kept = set(), []
     for script in context.get("script_files", []):
-        key = (str(script), getattr(script, "attributes", {}).get("body", ""))
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(script)
+        attributes = tuple(sorted(getattr(script, "attributes", {}).items()))
+        key = (getattr(script, "filename", None) or "", attributes)
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
     context["script_files"] = kept
 
 

@@ -381,6 +381,7 @@ def fit(
     # kernel's messages only after a cell ends) must not be flooded with widget updates.
     bar = dict(mininterval=1.0, maxinterval=10.0, disable=not (progress and is_main))
     epoch_bar = tqdm(total=num_epochs, desc="epochs", initial=step // steps_per_epoch, **bar)
+    batch_bar = tqdm(total=steps_per_epoch, desc="batches", leave=False, **bar)
     start = time.perf_counter() - (history.final.get("time", 0.0) if history.epochs else 0.0)
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -390,13 +391,9 @@ def fit(
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler))  # this process's share of the epoch, (n / world,)
         epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        batch_bar = tqdm(
-            total=epoch_steps,
-            desc=f"epoch {epoch + 1}/{num_epochs}",
-            leave=False,
-            initial=step - epoch * steps_per_epoch,
-            **bar,
-        )
+        batch_bar.reset(total=epoch_steps)  # one bar for all epochs: no trail of closed bars
+        batch_bar.update(step - epoch * steps_per_epoch)
+        batch_bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
         train_model.train()
         while step < (epoch + 1) * steps_per_epoch and step < total_steps:
             k = step - epoch * steps_per_epoch
@@ -473,7 +470,6 @@ def fit(
                 batch_bar.close()
                 epoch_bar.close()
                 return history
-        batch_bar.close()
         record = {
             "epoch": epoch + 1,
             "train_loss": run_loss / max(1, run_seen),
@@ -491,5 +487,6 @@ def fit(
         save()
         if on_epoch_end is not None:
             on_epoch_end(record)
+    batch_bar.close()
     epoch_bar.close()
     return history

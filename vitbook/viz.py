@@ -595,8 +595,8 @@ def embedding_scatter_html(fig) -> str:
     panel = f"""<div style="display:flex;align-items:flex-start;gap:12px">
 <div style="flex:1;min-width:0">{plotly_html(fig, div_id=div_id)}</div>
 <div style="width:100px;text-align:center;font-size:0.8em;padding-top:60px">
-<img id="{div_id}-img" class="vitbook-hover-image" alt="hover a point" style="width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc;background:#000"/>
-<div id="{div_id}-caption">hover or click a point</div></div></div>"""
+<img id="{div_id}-img" class="vitbook-hover-image" alt="hover a point" src="{images[0]}" style="width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc;background:#000"/>
+<div id="{div_id}-caption">hover or click a point</div></div></div>"""  # starts on point 0
     script = f"""<script type="text/javascript">
 (function() {{
   var images = {json.dumps(images)};

@@ -32,6 +32,7 @@ def toc_pages() -> list[str]:
 def server():
     if not (HTML / "index.html").exists():
         pytest.fail("_build/html is missing: run `make book` first (make browser-test does)")
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass

@@ -90,3 +90,25 @@ def test_config_executes_with_cache_and_serves_plotly_locally():
     js = cfg["sphinx"]["config"]["html_js_files"]
     assert any("plotly.min.js" in (j[0] if isinstance(j, list) else j) for j in js)
     assert all(not str(k).startswith("http") for k in cfg["sphinx"]["config"]["nb_ipywidgets_js"])
+
+
+def _headings(markdown: str) -> list[int]:
+    markdown = re.sub(r"^(```|~~~).*?^\1", "", markdown, flags=re.M | re.S)  # not in code blocks
+    return [len(m.group(1)) for m in re.finditer(r"^(#{1,6}) \S", markdown, re.M)]
+
+
+PAGES = sorted((ROOT / "book").glob("*.md")) + NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_headings_never_skip_a_level(path):
+    """`make book` treats warnings as errors, and MyST warns on "#" followed by "###"."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    else:
+        text = path.read_text()
+    levels = _headings(text)
+    assert levels and levels[0] == 1, f"{path.name}: the page should open with one '#' title"
+    for a, b in zip(levels, levels[1:]):
+        assert b <= a + 1, f"{path.name}: heading level jumps from {a} to {b}"

@@ -290,7 +290,7 @@ def main(argv=None):
                 compile=not args.quick,
                 label="MNIST ViT (28 px, 7x7 patches, width 64, 3 blocks)",
             )
-            body = "### Training throughput against timm\n\n" + format_throughput(res)
+            body = "## Training throughput against timm\n\n" + format_throughput(res)
             if not args.quick:
                 big = throughput(
                     ViTConfig(
@@ -311,13 +311,11 @@ def main(argv=None):
                 )
                 body += "\n\n" + format_throughput(big)
         elif part == "time-to-98.5":
-            body = "### Time to 98.5% MNIST test accuracy\n\n" + format_accuracy(
+            body = "## Time to 98.5% MNIST test accuracy\n\n" + format_accuracy(
                 time_to_accuracy(0.985), "chapter-4 recipe"
             )
         else:
-            body = "### Best accuracy\n\n" + format_accuracy(
-                best_accuracy(), "best-accuracy recipe"
-            )
+            body = "## Best accuracy\n\n" + format_accuracy(best_accuracy(), "best-accuracy recipe")
         text = header + "\n\n" + body
         print(text, flush=True)
         if args.write:

@@ -1,0 +1,70 @@
+"""The benchmark's reporting (not its timings: those are never asserted in tests)."""
+
+import inspect
+import re
+
+import pytest
+
+from vitbook import bench
+
+
+def heading_levels(text):
+    return [len(m.group(1)) for m in re.finditer(r"^(#{1,6}) ", text, re.M)]
+
+
+def fake_accuracy(reached=True):
+    return {
+        "target": 0.985,
+        "reached": reached,
+        "seconds_to_target": 12.0 if reached else None,
+        "epoch_at_target": 2 if reached else None,
+        "final_accuracy": 0.9876 if reached else 0.97,
+        "total_seconds": 20.0,
+        "per_epoch": [(1, 0.97, 10.0), (2, 0.9876, 20.0)],
+        "recipe": {"epochs": 2},
+    }
+
+
+def test_format_accuracy_says_whether_the_target_was_reached():
+    assert "after epoch 2, **12 s**" in bench.format_accuracy(fake_accuracy(), "r")
+    text = bench.format_accuracy(fake_accuracy(reached=False), "r")
+    assert "did **not** reach 98.5%" in text and "97.00%" in text
+
+
+def test_format_throughput_lists_every_contender_with_its_ratios():
+    res = {
+        "label": "tiny", "batch": 8, "rounds": 3, "steps": 2, "compile_seconds": 4.0,
+        "rows": [
+            {"contender": "timm (eager)", "img_per_s": 100.0, "ratio_min": 1.0, "ratio_median": 1.0, "ratio_max": 1.0},
+            {"contender": "vitbook", "img_per_s": 110.0, "ratio_min": 0.9, "ratio_median": 1.1, "ratio_max": 1.2},
+        ],
+    }  # fmt: skip
+    text = bench.format_throughput(res)
+    assert "| vitbook | 110 | 0.90 | 1.10 | 1.20 |" in text
+    assert "took 4 s" in text
+
+
+def test_write_section_replaces_its_own_block_and_keeps_headings_consecutive(tmp_path, monkeypatch):
+    page = tmp_path / "appendix.md"
+    page.write_text("# Benchmarks\n\nIntro.\n")
+    monkeypatch.setattr(bench, "RESULTS", page)
+    bench.write_section("best", "## Best accuracy\n\nfirst")
+    bench.write_section("throughput", "## Throughput\n\nx")
+    bench.write_section("best", "## Best accuracy\n\nsecond")
+    text = page.read_text()
+    assert "first" not in text and text.count("## Best accuracy") == 1 and "second" in text
+    assert text.index("second") < text.index("Throughput")  # replaced in place, not re-appended
+    levels = heading_levels(text)
+    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:]))
+
+
+def test_bench_sections_are_second_level_under_the_pages_title():
+    # The book builds with warnings as errors; a jump from "#" to "###" is a warning.
+    levels = re.findall(r'body = "(#+) ', inspect.getsource(bench.main))
+    assert levels and set(levels) == {"##"}
+
+
+def test_bench_cli_rejects_an_unknown_part(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "nonsense"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -61,32 +61,17 @@ def test_timm_vits_give_identical_logits(name):
 def test_timm_state_dict_of_an_mnist_sized_model_converts():
     from timm.models.vision_transformer import VisionTransformer
 
-    tm = randomise(
-        VisionTransformer(
-            img_size=28,
-            patch_size=7,
-            in_chans=1,
-            num_classes=10,
-            embed_dim=48,
-            depth=2,
-            num_heads=3,
-            mlp_ratio=2,
-        )
-    )
+    def make():
+        return VisionTransformer(
+            img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2
+        )  # fmt: skip
+
+    tm = randomise(make())
     ours = interop.from_timm(tm.state_dict(), heads=3)
     assert ours.cfg.in_channels == 1 and ours.cfg.mlp_dim == 96
     assert max_logit_diff(tm, ours, torch.randn(4, 1, 28, 28)) < 1e-4
     # and back: vitbook's names are timm's
-    back = VisionTransformer(
-        img_size=28,
-        patch_size=7,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=48,
-        depth=2,
-        num_heads=3,
-        mlp_ratio=2,
-    )
+    back = make()
     back.load_state_dict(interop.to_timm_state_dict(ours))
 
 

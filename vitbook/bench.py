@@ -183,29 +183,11 @@ def time_to_accuracy(
     }
 
 
-# The best-accuracy recipe: finer patches (4x4, 49 tokens), a wider and deeper model, stronger
-# augmentation, 15 epochs.
-BEST_CONFIG = dict(
-    image_size=28,
-    patch_size=4,
-    in_channels=1,
-    num_classes=10,
-    dim=128,
-    depth=6,
-    heads=4,
-    mlp_dim=256,
-    fused_attn=False,
-)
-BEST_RECIPE = dict(
-    epochs=15,
-    batch_size=128,
-    lr=2e-3,
-    warmup_epochs=1,
-    weight_decay=0.05,
-    label_smoothing=0.1,
-    augment=True,
-    seed=0,
-)
+# The best-accuracy recipe: the chapter-4 recipe with finer patches (4x4, 49 tokens), a wider
+# and deeper model (width 96, 6 blocks, 0.46M parameters) and more epochs (24; about 40 minutes
+# on two CPU cores).
+BEST_CONFIG = zoo.mnist_config(patch_size=4, dim=96, depth=6, mlp_dim=192).to_dict()
+BEST_RECIPE = {**zoo.MNIST_RECIPE, "epochs": 24, "lr": 2e-3, "warmup_epochs": 1}
 
 
 def best_accuracy() -> dict:

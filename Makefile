@@ -71,7 +71,7 @@ book: setup
 
 test: setup
 	$(PY) -m pytest -m "not browser" tests book --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider
+	  --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider --durations=10
 
 # --- more --------------------------------------------------------------------------------
 browser-test: book chromium

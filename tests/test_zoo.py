@@ -106,3 +106,30 @@ def test_every_zoo_entry_has_a_stable_key_and_a_description():
         e = zoo.REGISTRY[name]
         assert e.key() == e.key() and len(e.key()) == 16
         assert e.description and all(d in zoo.REGISTRY for d in e.depends)
+
+
+def test_a_model_trained_with_the_entrys_recipe_is_adopted_instead_of_retrained(tiny_entry):
+    entry, calls = tiny_entry
+    entry.recipe = {"config": tiny_config().to_dict(), "lr": 1.0}
+    mine = entry.build()
+    with torch.no_grad():
+        mine.head.bias.fill_(0.25)
+    assert zoo.adopt("tiny-test", mine, {"lr": 1.0}, {"test_accuracy": 0.9})
+    got = zoo.get("tiny-test")
+    assert not calls, "the zoo trained although a model was adopted"
+    assert torch.equal(got.head.bias, torch.full((10,), 0.25))
+    assert zoo.info("tiny-test")["adopted"] is True
+    # a second offer leaves the cached model alone
+    other = entry.build()
+    assert not zoo.adopt("tiny-test", other, {"lr": 1.0})
+    assert torch.equal(zoo.get("tiny-test").head.bias, torch.full((10,), 0.25))
+
+
+def test_a_model_trained_otherwise_is_refused_with_what_differs(tiny_entry):
+    entry, _ = tiny_entry
+    entry.recipe = {"config": tiny_config().to_dict(), "lr": 1.0}
+    with pytest.raises(ValueError, match="lr differ"):
+        zoo.adopt("tiny-test", entry.build(), {"lr": 3.0})
+    with pytest.raises(ValueError, match="config differ"):
+        zoo.adopt("tiny-test", ViT(tiny_config(depth=1)), {"lr": 1.0})
+    assert not zoo.is_cached("tiny-test")

@@ -137,6 +137,44 @@ def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) ->
     return model.to(device).eval()
 
 
+def adopt(name: str, model: nn.Module, recipe: dict, metrics: dict | None = None) -> bool:
+    """Cache ``model``, which a chapter trained itself, as the zoo's ``name``, so that the zoo
+    does not train the same thing a second time (chapter 4 trains the MNIST ViT in front of the
+    reader; chapters 5-13 then load it).
+
+    Only a model trained exactly as the zoo would train it may stand in: the same configuration
+    and ``recipe`` (checked here), built right after ``seed_everything(recipe["seed"])`` and
+    trained by ``fit`` (which draws every random number from generators seeded by the recipe's
+    seed and the step, so the result does not depend on what ran before). Returns True if it
+    was written, False if the zoo already had the model (which is left alone).
+    """
+    entry = _entry(name)
+    if entry.build is None:
+        raise ValueError(f"{name!r} is a cached result, not a model")
+    given = {"config": model.cfg.to_dict(), **recipe}
+    if given != entry.recipe:
+        differ = sorted(
+            k for k in set(given) | set(entry.recipe) if given.get(k) != entry.recipe.get(k)
+        )
+        raise ValueError(
+            f"this model was not trained with {name!r}'s recipe ({', '.join(differ)} differ); "
+            f"only a model trained exactly as the zoo would train it can stand in for it"
+        )
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    load_checked(entry.build(), state, f"the model offered as {name!r}")
+    path = entry.path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return False
+        save_checkpoint(
+            path,
+            {"state_dict": state, "metrics": {**(metrics or {}), "adopted": True}, "recipe": entry.recipe, "key": entry.key()},
+        )  # fmt: skip
+    print(f"zoo: cached this model as {name!r} in {path.parent}; later chapters load it")
+    return True
+
+
 def info(name: str) -> dict:
     """What was measured when ``name`` was trained (test accuracy, training time, ...), plus its
     recipe and cache key; for a result entry, the result. Trains or computes it first if needed."""

@@ -104,6 +104,11 @@ def _train_and_save(entry: Entry, path: Path) -> None:
     metrics = entry.train(model)
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
     state = model.cpu().eval().state_dict() if model is not None else None
+    _save(entry, path, state, metrics)
+
+
+def _save(entry: Entry, path: Path, state: dict | None, metrics: dict) -> None:
+    """What a cached zoo file holds, written atomically (one place, for trained and adopted)."""
     save_checkpoint(
         path, {"state_dict": state, "metrics": metrics, "recipe": entry.recipe, "key": entry.key()}
     )
@@ -167,10 +172,7 @@ def adopt(name: str, model: nn.Module, recipe: dict, metrics: dict | None = None
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return False
-        save_checkpoint(
-            path,
-            {"state_dict": state, "metrics": {**(metrics or {}), "adopted": True}, "recipe": entry.recipe, "key": entry.key()},
-        )  # fmt: skip
+        _save(entry, path, state, {**(metrics or {}), "adopted": True})
     print(f"zoo: cached this model as {name!r} in {path.parent}; later chapters load it")
     return True
 

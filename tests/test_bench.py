@@ -74,3 +74,26 @@ def test_bench_cli_rejects_an_unknown_part(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--only", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
+    from vitbook.hybrid import HybridViT
+
+    built = []
+
+    def fake_run(target, recipe, cfg, build):
+        built.append(build(cfg))
+        return dict(fake_accuracy(reached=False), target=target, recipe=recipe)
+
+    page = tmp_path / "appendix.md"
+    page.write_text("# Benchmarks\n")
+    monkeypatch.setattr(bench, "RESULTS", page)
+    monkeypatch.setattr(bench, "time_to_accuracy", fake_run)
+    bench.main(["--only", "best-hybrid", "--write"])
+    (model,) = built
+    assert isinstance(model, HybridViT) and model.patch_embed.stem == bench.BEST_HYBRID_STEM
+    assert model.cfg.to_dict() == bench.BEST_HYBRID_CONFIG
+    text = page.read_text()
+    assert heading_levels(text) == [1, 2] and "## Best accuracy, hybrid ViT" in text
+    assert "did **not** reach 99.6%" in text and '"stem (channels, stride)"' in text
+    assert bench.BEST_HYBRID_RECIPE["epochs"] <= 15  # the target's epoch limit

@@ -210,12 +210,20 @@ def best_accuracy() -> dict:
 
 # The hybrid best-accuracy recipe (paper section 3.1, `vitbook.hybrid`): the same 7x7 grid of
 # tokens, but made by three 3x3 convolutions instead of cutting 4x4 patches; 4 blocks of width
-# 96, tokens averaged for the head; 15 epochs (the target's limit).
+# 128, tokens averaged for the head; 15 epochs (the target's limit) of batches of 64. The first
+# hybrid run (width 96, stem to 96 channels, batch 128, lr 2e-3) reached 99.49% after 15 epochs,
+# still rising: this one has more capacity and twice the updates per epoch.
 BEST_HYBRID_CONFIG = zoo.mnist_config(
-    patch_size=4, dim=96, depth=4, mlp_dim=192, pool="mean"
+    patch_size=4, dim=128, depth=4, mlp_dim=256, pool="mean"
 ).to_dict()
-BEST_HYBRID_STEM = hybrid.DEFAULT_STEM
-BEST_HYBRID_RECIPE = {**zoo.MNIST_RECIPE, "epochs": 15, "lr": 2e-3, "warmup_epochs": 1}
+BEST_HYBRID_STEM = ((32, 1), (64, 2), (128, 2))
+BEST_HYBRID_RECIPE = {
+    **zoo.MNIST_RECIPE,
+    "epochs": 15,
+    "batch_size": 64,
+    "lr": 1.5e-3,
+    "warmup_epochs": 1,
+}
 
 
 def best_hybrid_accuracy() -> dict:

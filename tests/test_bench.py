@@ -81,8 +81,9 @@ def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
 
     built = []
 
-    def fake_run(target, recipe, cfg, build):
+    def fake_run(target, recipe, cfg, build, ema_decay):
         built.append(build(cfg))
+        assert ema_decay == bench.BEST_HYBRID_EMA
         return dict(fake_accuracy(reached=False), target=target, recipe=recipe)
 
     page = tmp_path / "appendix.md"
@@ -97,3 +98,54 @@ def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
     assert heading_levels(text) == [1, 2] and "## Best accuracy, hybrid ViT" in text
     assert "did **not** reach 99.6%" in text and '"stem (channels, stride)"' in text
     assert bench.BEST_HYBRID_RECIPE["epochs"] <= 15  # the target's epoch limit
+
+
+def test_weight_average_blends_weights_and_batchnorm_statistics():
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    avg = bench.WeightAverage(net, decay=0.75)
+    before = {k: v.clone() for k, v in avg.module.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net.train()(torch.randn(8, 3))  # moves BatchNorm's running statistics and its counter
+    avg.update(net)
+    now = net.state_dict()
+    for name, value in avg.module.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * before[name] + 0.25 * now[name]), name
+        else:
+            assert torch.equal(value, now[name]), name
+    assert not torch.equal(avg.module[0].weight, net[0].weight)  # a copy, not the same tensor
+    assert not any(p.requires_grad for p in avg.module.parameters())
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
+def test_weight_average_rejects_a_decay_outside_0_1(decay):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        bench.WeightAverage(torch.nn.Linear(2, 2), decay)
+
+
+def test_format_accuracy_names_the_weight_average_and_the_trained_weights():
+    res = dict(fake_accuracy(), ema_decay=0.9995, per_epoch_trained_weights=[(1, 0.96), (2, 0.98)])
+    text = bench.format_accuracy(res, "r")
+    assert "moving average of the weights (decay 0.9995" in text
+    assert "the trained weights themselves scored: 1: 96.00%, 2: 98.00%." in text
+
+
+def test_time_to_accuracy_judges_the_weight_average_when_asked(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from vitbook import zoo
+    from vitbook.hybrid import HybridViT
+
+    g = torch.Generator().manual_seed(0)
+    tiny = (torch.rand(64, 1, 28, 28, generator=g), torch.arange(64) % 10)
+    monkeypatch.setattr(bench.data, "mnist", lambda split: tiny)
+    cfg = zoo.mnist_config(patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
+    recipe = dict(zoo.MNIST_RECIPE, epochs=2, batch_size=32, augment=False)
+    res = bench.time_to_accuracy(2.0, recipe, cfg, build=HybridViT, ema_decay=0.5)
+    assert not res["reached"] and [e for e, _, _ in res["per_epoch"]] == [1, 2]
+    assert res["ema_decay"] == 0.5 and len(res["per_epoch_trained_weights"]) == 2
+    assert res["final_accuracy"] == res["per_epoch"][-1][1]
+    plain = bench.time_to_accuracy(2.0, recipe, cfg, build=HybridViT)
+    assert "ema_decay" not in plain and len(plain["per_epoch"]) == 2

@@ -20,6 +20,7 @@ command and the machine. Timed numbers never go into tests; they live here.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -148,51 +149,91 @@ def throughput(
 # Accuracy against time
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers (BatchNorm statistics
+    included), updated after every optimizer step: ``avg = decay * avg + (1 - decay) * current``.
+    The average of the last few thousand steps usually generalises a little better than the last
+    step's weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be between 0 and 1 (e.g. 0.9995), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        current = dict(model.state_dict())
+        for name, avg in self.module.state_dict().items():
+            if avg.is_floating_point():
+                avg.lerp_(current[name].to(avg.device), 1.0 - self.decay)
+            else:  # counters such as BatchNorm's num_batches_tracked
+                avg.copy_(current[name])
+
+
 def time_to_accuracy(
     target: float = 0.985,
     recipe: dict | None = None,
     cfg: ViTConfig | None = None,
     build: Callable[[ViTConfig], torch.nn.Module] = ViT,
+    ema_decay: float | None = None,
 ) -> dict:
     """Seconds from nothing until the test accuracy after an epoch first reaches ``target``.
-    ``build(cfg)`` makes the model (the plain `ViT` unless told)."""
+    ``build(cfg)`` makes the model (the plain `ViT` unless told). With ``ema_decay``, the model
+    judged is the moving average of the weights (`WeightAverage`), evaluated after every epoch
+    beside the trained weights themselves."""
     start = time.perf_counter()
     data._MEMO.clear()
     train_set, test_set = data.mnist("train"), data.mnist("test")
     recipe = dict(recipe or zoo.MNIST_RECIPE)
     train.seed_everything(recipe.get("seed", 0))
     model = build(cfg or zoo.mnist_config())
-    reached = {}
+    reached, per_epoch, average = {}, [], []
+
+    def on_step_end(step, total_steps):
+        if not average:  # after the first step, where fit has put the model on its device
+            average.append(WeightAverage(model, ema_decay))
+        average[0].update(model)
 
     def on_epoch_end(record):
+        raw = record["val_acc"]
+        acc = train.evaluate(average[0].module, test_set)["accuracy"] if average else raw
+        seconds = time.perf_counter() - start
+        per_epoch.append((record["epoch"], round(acc, 4), round(seconds, 1), round(raw, 4)))
         print(  # a line an epoch: the best-accuracy run is long, and this says how it goes
-            f"  epoch {record['epoch']}/{recipe['epochs']}: test accuracy {100 * record['val_acc']:.2f}%, "
-            f"{time.perf_counter() - start:.0f} s",
+            f"  epoch {record['epoch']}/{recipe['epochs']}: test accuracy {100 * acc:.2f}%"
+            + (f" (weight average; trained weights {100 * raw:.2f}%)" if average else "")
+            + f", {seconds:.0f} s",
             flush=True,
         )
-        if "seconds" not in reached and record["val_acc"] >= target:
-            reached.update(
-                seconds=time.perf_counter() - start,
-                epoch=record["epoch"],
-                accuracy=record["val_acc"],
-            )
+        if "seconds" not in reached and acc >= target:
+            reached.update(seconds=seconds, epoch=record["epoch"], accuracy=acc)
 
-    history = train.fit(
-        model, train_set, test_set, on_epoch_end=on_epoch_end, progress=False, **recipe
+    train.fit(
+        model,
+        train_set,
+        test_set,
+        on_epoch_end=on_epoch_end,
+        on_step_end=on_step_end if ema_decay else None,
+        progress=False,
+        **recipe,
     )
-    total = time.perf_counter() - start
-    return {
+    out = {
         "target": target,
         "reached": bool(reached),
         "seconds_to_target": reached.get("seconds"),
         "epoch_at_target": reached.get("epoch"),
-        "final_accuracy": history.final["val_acc"],
-        "total_seconds": total,
-        "per_epoch": [
-            (e["epoch"], round(e["val_acc"], 4), round(e["time"], 1)) for e in history.epochs
-        ],
+        "final_accuracy": per_epoch[-1][1],
+        "total_seconds": time.perf_counter() - start,
+        "per_epoch": [e[:3] for e in per_epoch],
         "recipe": recipe,
     }
+    if ema_decay:
+        out["ema_decay"] = ema_decay
+        out["per_epoch_trained_weights"] = [(e[0], e[3]) for e in per_epoch]
+    return out
 
 
 # The best-accuracy recipe: the chapter-4 recipe with finer patches (4x4, 49 tokens), a wider
@@ -212,7 +253,8 @@ def best_accuracy() -> dict:
 # tokens, but made by three 3x3 convolutions instead of cutting 4x4 patches; 4 blocks of width
 # 128, tokens averaged for the head; 15 epochs (the target's limit) of batches of 64. The first
 # hybrid run (width 96, stem to 96 channels, batch 128, lr 2e-3) reached 99.49% after 15 epochs,
-# still rising: this one has more capacity and twice the updates per epoch.
+# still rising; this size and batch reached 99.57%. The model judged is the moving average of
+# the weights over roughly the last two epochs (decay 0.9995 at 938 steps an epoch).
 BEST_HYBRID_CONFIG = zoo.mnist_config(
     patch_size=4, dim=128, depth=4, mlp_dim=256, pool="mean"
 ).to_dict()
@@ -224,6 +266,7 @@ BEST_HYBRID_RECIPE = {
     "lr": 1.5e-3,
     "warmup_epochs": 1,
 }
+BEST_HYBRID_EMA = 0.9995
 
 
 def best_hybrid_accuracy() -> dict:
@@ -232,6 +275,7 @@ def best_hybrid_accuracy() -> dict:
         BEST_HYBRID_RECIPE,
         ViTConfig(**BEST_HYBRID_CONFIG),
         build=lambda cfg: hybrid.HybridViT(cfg, BEST_HYBRID_STEM),
+        ema_decay=BEST_HYBRID_EMA,
     )
     out["config"] = {**BEST_HYBRID_CONFIG, "stem (channels, stride)": BEST_HYBRID_STEM}
     return out
@@ -266,10 +310,18 @@ def format_accuracy(res: dict, title: str) -> str:
     else:
         head = f"did **not** reach {100 * res['target']:.1f}%"
     per_epoch = ", ".join(f"{e}: {100 * a:.2f}% ({t:.0f} s)" for e, a, t in res["per_epoch"])
+    judged = ""
+    if "ema_decay" in res:
+        judged = (
+            f" The model judged is the moving average of the weights (decay {res['ema_decay']}, "
+            f"updated after every step); the trained weights themselves scored: "
+            + ", ".join(f"{e}: {100 * a:.2f}%" for e, a in res["per_epoch_trained_weights"])
+            + "."
+        )
     return (
         f"**{title}**: {head}; final test accuracy {100 * res['final_accuracy']:.2f}% after "
         f"{len(res['per_epoch'])} epochs, {res['total_seconds']:.0f} s in all (data loading, model building, "
-        f"training and evaluation after every epoch included).\n\nPer epoch (test accuracy, seconds since start): {per_epoch}.\n\n"
+        f"training and evaluation after every epoch included).\n\nPer epoch (test accuracy, seconds since start): {per_epoch}.{judged}\n\n"
         f"Recipe: `{json.dumps(res['recipe'])}`"
         + (f"; model: `{json.dumps(res['config'])}`" if "config" in res else "")
     )

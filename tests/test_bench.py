@@ -103,20 +103,34 @@ def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
 def test_weight_average_blends_weights_and_batchnorm_statistics():
     torch = pytest.importorskip("torch")
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    avg = bench.WeightAverage(net, decay=0.75)
+    avg = bench.WeightAverage(net, decay=0.1)  # below the warm-up's first 2/11: d = 0.1
     before = {k: v.clone() for k, v in avg.module.state_dict().items()}
     with torch.no_grad():
         net[0].weight.add_(1.0)
     net.train()(torch.randn(8, 3))  # moves BatchNorm's running statistics and its counter
-    avg.update(net)
+    avg.update()
     now = net.state_dict()
     for name, value in avg.module.state_dict().items():
         if value.is_floating_point():
-            assert torch.allclose(value, 0.75 * before[name] + 0.25 * now[name]), name
+            assert torch.allclose(value, 0.1 * before[name] + 0.9 * now[name]), name
         else:
             assert torch.equal(value, now[name]), name
     assert not torch.equal(avg.module[0].weight, net[0].weight)  # a copy, not the same tensor
     assert not any(p.requires_grad for p in avg.module.parameters())
+
+
+def test_weight_average_forgets_the_untrained_start():
+    """The bug the warm-up fixes: BatchNorm's running variance starts at 1 and ends far lower;
+    a plain 0.9995 average kept 0.9995**t of the 1 and its model predicted one class."""
+    torch = pytest.importorskip("torch")
+    bn = torch.nn.BatchNorm1d(4)
+    avg = bench.WeightAverage(bn, decay=0.9995)
+    with torch.no_grad():
+        bn.running_var.fill_(0.02)
+    for _ in range(100):
+        avg.update()
+    # what is left of the start is the product of (1 + t) / (10 + t): about 1e-11 after 100
+    assert torch.allclose(avg.module.running_var, torch.full((4,), 0.02), rtol=1e-6)
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])

@@ -326,7 +326,8 @@ def format_accuracy(res: dict, title: str) -> str:
     if "ema_decay" in res:
         judged = (
             f" The model judged is the moving average of the weights (decay {res['ema_decay']}, "
-            f"updated after every step); the trained weights themselves scored: "
+            f"warmed up as min(decay, (1 + t) / (10 + t)) over the t steps so far, updated "
+            f"after every step); the trained weights themselves scored: "
             + ", ".join(f"{e}: {100 * a:.2f}%" for e, a in res["per_epoch_trained_weights"])
             + "."
         )

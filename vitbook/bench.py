@@ -202,7 +202,7 @@ def time_to_accuracy(
     recipe = dict(recipe or zoo.MNIST_RECIPE)
     train.seed_everything(recipe.get("seed", 0))
     model = build(cfg or zoo.mnist_config())
-    reached, per_epoch, average = {}, [], []
+    reached, per_epoch, trained, average = {}, [], [], []
 
     def on_step_end(step, total_steps):
         if not average:  # after the first step, where fit has put the model on its device
@@ -213,7 +213,8 @@ def time_to_accuracy(
         raw = record["val_acc"]
         acc = train.evaluate(average[0].module, test_set)["accuracy"] if average else raw
         seconds = time.perf_counter() - start
-        per_epoch.append((record["epoch"], round(acc, 4), round(seconds, 1), round(raw, 4)))
+        per_epoch.append((record["epoch"], round(acc, 4), round(seconds, 1)))
+        trained.append((record["epoch"], round(raw, 4)))
         print(  # a line an epoch: the best-accuracy run is long, and this says how it goes
             f"  epoch {record['epoch']}/{recipe['epochs']}: test accuracy {100 * acc:.2f}%"
             + (f" (weight average; trained weights {100 * raw:.2f}%)" if average else "")
@@ -239,12 +240,12 @@ def time_to_accuracy(
         "epoch_at_target": reached.get("epoch"),
         "final_accuracy": per_epoch[-1][1],
         "total_seconds": time.perf_counter() - start,
-        "per_epoch": [e[:3] for e in per_epoch],
+        "per_epoch": per_epoch,
         "recipe": recipe,
     }
     if ema_decay:
         out["ema_decay"] = ema_decay
-        out["per_epoch_trained_weights"] = [(e[0], e[3]) for e in per_epoch]
+        out["per_epoch_trained_weights"] = trained
     return out
 
 

@@ -100,6 +100,15 @@ def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
     assert bench.BEST_HYBRID_RECIPE["epochs"] <= 15  # the target's epoch limit
 
 
+def test_best_hybrid_seed_replaces_only_the_seed(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "time_to_accuracy", lambda *a, **k: seen.append(a[1]) or {})
+    bench.best_hybrid_accuracy(seed=1)
+    bench.best_hybrid_accuracy()
+    assert seen[0] == {**bench.BEST_HYBRID_RECIPE, "seed": 1}
+    assert seen[1] == bench.BEST_HYBRID_RECIPE and bench.BEST_HYBRID_RECIPE["seed"] == 0
+
+
 def test_weight_average_blends_weights_and_batchnorm_statistics():
     torch = pytest.importorskip("torch")
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))

@@ -10,12 +10,13 @@ FASHION := $(DATA)/debian/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyt
 STATIC := _assets
 CELL_TIMEOUT := 900
 
-.PHONY: setup book test browser-test lint bench clean help
+.PHONY: setup book test claims browser-test lint bench clean help
 
 help:
 	@echo "make book          build the HTML book into _build/html (executes every notebook)"
 	@echo "make test          unit tests + nbval on every notebook"
 	@echo "make browser-test  build the book, then check every page in headless Chromium"
+	@echo "make claims        the book's findings over seeds and CPU kernel sets -> book/appendix_claims.md"
 	@echo "make bench         python -m vitbook.bench (measured speed and accuracy tables)"
 	@echo "make lint          ruff and nbstripout checks (what pre-commit runs)"
 
@@ -72,6 +73,38 @@ book: setup
 test: setup
 	$(PY) -m pytest -m "not browser" tests book --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider --durations=10
+
+# --- the findings over seeds and CPU kernels ---------------------------------------------
+# Every notebook under nbval once per run, each run with its own seed (VITBOOK_SEED), its own
+# CPU kernel set (ATEN_CPU_CAPABILITY: another machine's arithmetic) and its own empty zoo
+# cache; every Checks cell records its findings (vitbook.claims), and the table of values,
+# thresholds and smallest margins is written to book/appendix_claims.md. A run is named
+# seed<N>-<kernels>, where kernels `native` leaves torch's own choice for this CPU; pick some with `make claims CLAIMS_RUNS="seed1-avx2"`, keep a run's
+# cache between tries with CLAIMS_FRESH=0, and run a subset of chapters with CLAIMS_NB=...
+CLAIMS_RUNS ?= seed0-native seed1-avx2 seed2-default
+CLAIMS_DIR ?= $(CURDIR)/_build/claims
+CLAIMS_FRESH ?= 1
+CLAIMS_NB ?= book
+CLAIMS_TABLE_RUNS ?= $(CLAIMS_RUNS)
+
+claims: setup
+	@failed=""; for run in $(CLAIMS_RUNS); do \
+	  seed=$${run%%-*}; seed=$${seed#seed}; kernels=$${run#*-}; \
+	  cache=$(CLAIMS_DIR)/$$run/zoo; \
+	  if [ "$(CLAIMS_FRESH)" = 1 ]; then rm -rf $$cache $(CLAIMS_DIR)/$$run.jsonl; fi; \
+	  if [ "$$kernels" = native ]; then cap=""; else cap=$$kernels; fi; \
+	  echo "[claims] $$run: VITBOOK_SEED=$$seed ATEN_CPU_CAPABILITY=$$cap, zoo cache $$cache"; \
+	  start=$$(date +%s); \
+	  env $${cap:+ATEN_CPU_CAPABILITY=$$cap} VITBOOK_SEED=$$seed VITBOOK_CACHE=$$cache \
+	  VITBOOK_CLAIMS=$(CLAIMS_DIR)/$$run.jsonl \
+	    $(PY) -m pytest $(CLAIMS_NB) --nbval-lax --nbval-current-env \
+	    --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -q || failed="$$failed $$run"; \
+	  echo "[claims] $$run took $$(( $$(date +%s) - start )) s"; \
+	done; \
+	$(PY) -m vitbook.claims --page $(addprefix $(CLAIMS_DIR)/,$(addsuffix .jsonl,$(CLAIMS_TABLE_RUNS))) \
+	  > $(CLAIMS_DIR)/page.md || failed="$$failed table"; \
+	cp $(CLAIMS_DIR)/page.md book/appendix_claims.md; \
+	if [ -n "$$failed" ]; then echo "[claims] failed:$$failed"; exit 1; fi
 
 # --- more --------------------------------------------------------------------------------
 browser-test: book chromium

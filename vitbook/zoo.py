@@ -26,6 +26,7 @@ import torch.nn as nn
 from filelock import FileLock
 
 from . import data
+from .claims import seed as book_seed
 from .model import ViT, ViTConfig, load_checked
 from .train import evaluate, fit, load_checkpoint, save_checkpoint, seed_everything
 
@@ -55,6 +56,7 @@ class Entry:
         h.update(json.dumps(self.recipe, sort_keys=True, default=str).encode())
         h.update(inspect.getsource(self.train).encode())
         h.update(str(ZOO_VERSION).encode())
+        h.update(f"seed {SEED}".encode())
         for mod in sorted(self.modules):
             h.update((PACKAGE_DIR / f"{mod}.py").read_bytes())
         h.update(torch.__version__.encode())
@@ -67,6 +69,9 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+# The seed of every model here: ``$VITBOOK_SEED`` (default 0), read once at import. It is part
+# of every key, so models of different seeds live side by side in one cache.
+SEED = book_seed()
 # Bump when a training helper in this file changes in a way that changes results.
 ZOO_VERSION = 1
 
@@ -215,13 +220,13 @@ MNIST_RECIPE = dict(
     weight_decay=0.05,
     label_smoothing=0.1,
     augment=True,
-    seed=0,
+    seed=SEED,
 )
 
 
 def train_mnist_classifier(model: nn.Module, recipe: dict, train_set=None) -> dict:
     """Train on MNIST's 60,000 training digits with ``recipe``; report test accuracy."""
-    seed_everything(recipe.get("seed", 0))
+    seed_everything(recipe.get("seed", SEED))
     train_set = train_set if train_set is not None else data.mnist("train")
     test_set = data.mnist("test")
     history = fit(model, train_set, test_set, **recipe)
@@ -231,9 +236,11 @@ def train_mnist_classifier(model: nn.Module, recipe: dict, train_set=None) -> di
     }
 
 
-def _build_seeded(cfg_fn: Callable[[], ViTConfig], seed: int = 0) -> Callable[[], nn.Module]:
+def _build_seeded(
+    cfg_fn: Callable[[], ViTConfig], seed: int | None = None
+) -> Callable[[], nn.Module]:
     def build():
-        seed_everything(seed)
+        seed_everything(SEED if seed is None else seed)
         return ViT(cfg_fn())
 
     return build
@@ -283,7 +290,7 @@ SUPERVISED_P4_RECIPE = dict(
     weight_decay=0.05,
     label_smoothing=0.1,
     augment=True,
-    seed=0,
+    seed=SEED,
 )
 MAE_RECIPE = dict(
     epochs=4,
@@ -293,7 +300,7 @@ MAE_RECIPE = dict(
     weight_decay=0.05,
     label_smoothing=0.0,
     augment=False,
-    seed=0,
+    seed=SEED,
     grad_norm_every=0,
 )
 MAE_ARCH = dict(
@@ -312,7 +319,7 @@ N_SNAPSHOT = 8  # test digits whose reconstructions are kept after every MAE epo
 def build_mae():
     from .ssl import MAE
 
-    seed_everything(0)
+    seed_everything(SEED)
     return MAE(ViT(ssl_config()), **MAE_ARCH)
 
 
@@ -339,7 +346,7 @@ def train_mae(mae) -> dict:
 def build_ijepa():
     from .ssl import IJEPA
 
-    seed_everything(0)
+    seed_everything(SEED)
     return IJEPA(ViT(ssl_config()), **IJEPA_ARCH)
 
 
@@ -415,7 +422,7 @@ def evaluate_ssl_encoders(_=None) -> dict:
     random-init encoder, the supervised reference, MAE's and I-JEPA's encoders."""
     from .transfer import evaluate_encoder
 
-    seed_everything(0)
+    seed_everything(SEED)
     encoders = {
         "random init": ViT(ssl_config()),
         "supervised (all labels)": get("mnist-vit-p4"),
@@ -446,18 +453,18 @@ register(
 # Transfer (chapters 7-9): a ViT pretrained on another task, and its fine-tuned descendant.
 
 FASHION_RECIPE = dict(MNIST_RECIPE, epochs=5)
-OPEN_SET_RECIPE = dict(epochs=2, seed=0)
+OPEN_SET_RECIPE = dict(epochs=2, seed=SEED)
 
 
 def train_fashion(model) -> dict:
-    seed_everything(0)
+    seed_everything(SEED)
     test_set = data.fashion_mnist("test")
     fit(model, data.fashion_mnist("train"), test_set, **FASHION_RECIPE)
     return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
 
 
 def build_open_set():
-    seed_everything(0)
+    seed_everything(SEED)
     return ViT(mnist_config(num_classes=3))
 
 
@@ -465,7 +472,7 @@ def train_open_set(model) -> dict:
     from .transfer import finetune, open_set
 
     sets = open_set()
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     tuned, _ = finetune(get("fashion-vit"), sets["train"], num_classes=3, **OPEN_SET_RECIPE)
     model.load_state_dict(tuned.state_dict())
     return {"test_accuracy": evaluate(model, sets["test"])["accuracy"]}
@@ -514,13 +521,13 @@ def student_config(**overrides) -> ViTConfig:
 
 def student_train_set():
     """The 5,000 labelled digits the students see (the teachers were trained on all 60,000)."""
-    return data.few_per_class(data.mnist("train"), STUDENT_LABELS, seed=0)
+    return data.few_per_class(data.mnist("train"), STUDENT_LABELS, seed=SEED)
 
 
 def build_cnn():
     from .distill import SmallCNN
 
-    seed_everything(0)
+    seed_everything(SEED)
     return SmallCNN()
 
 
@@ -545,7 +552,7 @@ def _student_builder(token: bool):
     def build():
         from .distill import DistilledViT
 
-        seed_everything(0)
+        seed_everything(SEED)
         return DistilledViT(student_config()) if token else ViT(student_config())
 
     return build
@@ -612,14 +619,14 @@ def training_source(name: str):
     from . import synthetic
 
     if name == "synthetic":
-        return synthetic.digits(60000, seed=0)
+        return synthetic.digits(60000, seed=SEED)
     real = data.mnist("train")
     if name == "real":
         return real
     half = real.subset(
-        torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:30000]
+        torch.randperm(len(real), generator=torch.Generator().manual_seed(SEED))[:30000]
     )
-    return synthetic.mix(half, synthetic.digits(30000, seed=0))
+    return synthetic.mix(half, synthetic.digits(30000, seed=SEED))
 
 
 def _source_trainer(source):
@@ -653,10 +660,10 @@ def few_real_labels(_=None) -> dict:
     from . import synthetic
 
     real, test_set = data.mnist("train"), data.mnist("test")
-    synth = synthetic.digits(20000, seed=1)
+    synth = synthetic.digits(20000, seed=SEED + 1)
     out = {}
     for n in FEW_REAL:
-        few = data.few_per_class(real, n, seed=0)
+        few = data.few_per_class(real, n, seed=SEED)
         repeats = len(synth) // len(few)  # the real digits, repeated to match the synthetic ones
         balanced = synthetic.mix(
             data.ImageDataset(few.images.repeat(repeats, 1, 1, 1), few.labels.repeat(repeats)),
@@ -668,7 +675,7 @@ def few_real_labels(_=None) -> dict:
             ("real + synthetic, balanced", balanced),
         )
         for name, train_set in variants:
-            seed_everything(0)
+            seed_everything(SEED)
             model = ViT(mnist_config())
             batch = 64  # a batch no larger than the smallest training set (10 per class)
             epochs = FEW_STEPS / (len(train_set) // batch)

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from vitbook import claims
+
+
+def test_check_passes_records_and_returns_margin(tmp_path, monkeypatch):
+    log = tmp_path / "run.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    c = claims.Claims("99_test")
+    margin = c.check("gain", 0.3, above=0.1)
+    assert margin == pytest.approx(0.2)
+    rec = json.loads(log.read_text())
+    assert rec["chapter"] == "99_test" and rec["passed"] and rec["value"] == 0.3
+
+
+def test_check_fails_on_a_value_past_its_threshold_and_still_records_it(tmp_path, monkeypatch):
+    log = tmp_path / "run.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    c = claims.Claims("99_test")
+    with pytest.raises(AssertionError, match="does not hold"):
+        c.check("gap", 0.05, above=0.1, below=0.5)
+    assert json.loads(log.read_text())["passed"] is False
+
+
+def test_check_with_both_bounds_takes_the_smaller_margin():
+    assert claims.Claims("x").check("in band", 0.45, above=0.1, below=0.5) == pytest.approx(0.05)
+
+
+def test_check_without_a_threshold_is_refused():
+    with pytest.raises(ValueError, match="needs a threshold"):
+        claims.Claims("x").check("nothing", 1.0)
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "1.5"])
+def test_bad_seed_is_refused_with_what_to_do(monkeypatch, raw):
+    monkeypatch.setenv("VITBOOK_SEED", raw)
+    with pytest.raises(ValueError, match="VITBOOK_SEED"):
+        claims.seed()
+
+
+def test_seed_defaults_to_zero(monkeypatch):
+    monkeypatch.delenv("VITBOOK_SEED", raising=False)
+    assert claims.seed() == 0
+
+
+def test_table_lists_every_run_and_the_smallest_margin(tmp_path, monkeypatch):
+    for run, value in (("seed0-native", 0.30), ("seed1-avx2", 0.15)):
+        monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / f"{run}.jsonl"))
+        claims.Claims("10_mae").check("gain", value, above=0.1)
+    runs = claims.load_runs(
+        [str(tmp_path / "seed0-native.jsonl"), str(tmp_path / "seed1-avx2.jsonl")]
+    )
+    text = claims.table(runs)
+    row = next(line for line in text.splitlines() if "gain" in line)
+    assert "0.3" in row and "0.15" in row and "+0.05" in row
+
+
+def test_table_does_not_claim_a_margin_for_a_finding_missing_from_a_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / "a.jsonl"))
+    claims.Claims("1").check("only in a", 1.0, above=0.0)
+    (tmp_path / "b.jsonl").write_text("")
+    row = claims.table(claims.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]))
+    assert row.splitlines()[-1].endswith("| – |")
+
+
+def test_every_zoo_recipe_that_seeds_uses_the_book_seed():
+    from vitbook import zoo
+
+    for name in zoo.names():
+        recipe = zoo.REGISTRY[name].recipe
+        if "seed" in recipe:
+            assert recipe["seed"] == zoo.SEED, name
+
+
+def test_the_seed_is_part_of_every_zoo_key(monkeypatch):
+    from vitbook import zoo
+
+    before = {n: zoo.REGISTRY[n].key() for n in zoo.names()}
+    monkeypatch.setattr(zoo, "SEED", zoo.SEED + 1)
+    after = {n: zoo.REGISTRY[n].key() for n in zoo.names()}
+    assert all(before[n] != after[n] for n in before)

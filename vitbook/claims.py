@@ -1,0 +1,221 @@
+"""Asserted findings, recorded: the Checks cell of every chapter states its measured claims
+through :func:`check`, which asserts them and, when ``$VITBOOK_CLAIMS`` names a file, appends
+each value to it (one JSON line). ``make claims`` runs the book under several seeds and CPU
+kernel sets and turns those files into the appendix's table (``python -m vitbook.claims``): for
+every finding, its value in every run, its threshold, and its smallest margin.
+
+A finding is a measured number against a threshold: ``check("MAE probe gain over random",
+gain, above=0.02)``. An identity (two code paths agree, a shape) is not a finding: a plain
+``assert`` states it. The seed of the run is :func:`seed` (``$VITBOOK_SEED``, default 0); the
+zoo's models and the chapters' own experiments both draw from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def seed() -> int:
+    """The book's seed: ``$VITBOOK_SEED`` (a non-negative integer), 0 when unset."""
+    raw = os.environ.get("VITBOOK_SEED", "0").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"VITBOOK_SEED must be a non-negative integer, got {raw!r}; unset it for seed 0"
+        ) from None
+    if value < 0:
+        raise ValueError(f"VITBOOK_SEED must be a non-negative integer, got {value}")
+    return value
+
+
+def cpu_kernels() -> str:
+    """The CPU kernel set torch runs on here (``default``, ``avx2``, ``avx512``, ...)."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+class Claims:
+    """The findings of one chapter: ``claims = Claims("10_mae")``, then ``claims.check(...)``
+    once per finding. ``claims.summary()`` prints the margins at the end of the cell."""
+
+    def __init__(self, chapter: str):
+        self.chapter = chapter
+        self.results: list[dict] = []
+
+    def check(
+        self,
+        name: str,
+        value: float,
+        *,
+        above: float | None = None,
+        below: float | None = None,
+        why: str = "",
+    ) -> float:
+        """Assert ``value > above`` (or ``value < below``, or both), record the value, and
+        return the margin (how far inside the threshold it landed, the smaller of the two).
+        ``why`` says what the threshold rests on (a negative control, the measured spread)."""
+        if above is None and below is None:
+            raise ValueError(f"check({name!r}) needs a threshold: above=..., below=... or both")
+        value = float(value)
+        margins = []
+        if above is not None:
+            margins.append(value - above)
+        if below is not None:
+            margins.append(below - value)
+        margin = min(margins)
+        passed = margin > 0
+        rule = " and ".join(
+            s for s in (f"> {above:.4g}" if above is not None else "",
+                        f"< {below:.4g}" if below is not None else "") if s
+        )  # fmt: skip
+        record = {
+            "chapter": self.chapter,
+            "name": name,
+            "value": value,
+            "above": above,
+            "below": below,
+            "margin": margin,
+            "passed": passed,
+            "seed": seed(),
+            "kernels": cpu_kernels(),
+            "why": why,
+        }
+        self.results.append(record)
+        _append(record)
+        mark = "ok  " if passed else "FAIL"
+        print(f"{mark} {name}: {value:.4g} (needs {rule}; margin {margin:+.4g})")
+        if not passed:
+            raise AssertionError(
+                f"{self.chapter}: finding {name!r} does not hold: {value:.4g}, needs {rule}"
+                + (f" ({why})" if why else "")
+            )
+        return margin
+
+    def summary(self) -> None:
+        print(
+            f"{len(self.results)} findings checked (seed {seed()}, CPU kernels {cpu_kernels()}); "
+            "all hold"
+        )
+
+
+def _append(record: dict) -> None:
+    path = os.environ.get("VITBOOK_CLAIMS", "").strip()
+    if not path:
+        return
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: `python -m vitbook.claims RUN.jsonl ...` prints it as Markdown.
+
+
+def load_runs(paths: list[str]) -> dict[str, list[dict]]:
+    """Run name (the file's stem) -> its records, in the order the files were given."""
+    runs = {}
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"no claims file {p}: run `make claims` first")
+        runs[p.stem] = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return runs
+
+
+def table(runs: dict[str, list[dict]]) -> str:
+    """A Markdown table: a row per finding, a column per run, then the threshold and the
+    smallest margin over the runs. A finding missing from a run (its chapter stopped earlier)
+    shows as a dash, and its smallest margin is not claimed."""
+    order: list[tuple[str, str]] = []
+    values: dict[tuple[str, str], dict[str, dict]] = {}
+    for run, records in runs.items():
+        for r in records:
+            key = (r["chapter"], r["name"])
+            if key not in values:
+                order.append(key)
+                values[key] = {}
+            values[key][run] = r  # a re-run of a chapter keeps its last value
+    names = list(runs)
+    head = "| chapter | finding | " + " | ".join(names) + " | threshold | smallest margin |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for key in sorted(order, key=lambda k: k[0]):
+        got = values[key]
+        any_r = next(iter(got.values()))
+        rule = " and ".join(
+            s for s in (f"> {any_r['above']:.4g}" if any_r["above"] is not None else "",
+                        f"< {any_r['below']:.4g}" if any_r["below"] is not None else "") if s
+        )  # fmt: skip
+        cells = []
+        for run in names:
+            r = got.get(run)
+            cells.append("–" if r is None else f"{r['value']:.4g}" + ("" if r["passed"] else " ✗"))
+        if len(got) == len(names):
+            smallest = f"{min(r['margin'] for r in got.values()):+.4g}"
+        else:
+            smallest = "–"
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {rule} | {smallest} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """The CPU, core count and torch version, for the page's header."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+PAGE_INTRO = """\
+# Appendix: the findings over seeds and machines
+
+Every chapter ends with a *Checks* cell that asserts its findings. A finding measured once, on
+one machine, with one seed, can be an accident: training runs drift apart with the seed, and
+even with the same seed another CPU's arithmetic (a different set of vector kernels) changes
+the last bits, which a few hundred optimizer steps turn into a different model. So the book is
+run several times from an empty model cache, each run with its own seed and CPU kernel set,
+and every finding is recorded. A run named `seed1-avx2` ran with `VITBOOK_SEED=1` and
+`ATEN_CPU_CAPABILITY=avx2`; `seed2-default` on torch's plain, non-vectorised kernels, the
+most foreign arithmetic this machine can imitate; `seed0-native` with this machine's own
+kernels and seed 0 is what CI runs, from an empty cache.
+
+The thresholds were set from these runs: a finding is asserted only where its margin is
+larger than what the runs disagree by; where an effect was smaller, the chapter says so and
+asserts what does hold. A value marked ✗ failed its check in that run.
+
+Reproduce with `make claims` (about half an hour a run on 2 CPU cores); the table below was
+written by that command on {machine}.
+"""
+
+
+def page(runs: dict[str, list[dict]]) -> str:
+    return PAGE_INTRO.format(machine=machine()) + "\n" + table(runs) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    as_page = "--page" in argv
+    argv = [a for a in argv if a != "--page"]
+    if not argv:
+        print("usage: python -m vitbook.claims [--page] RUN.jsonl [RUN.jsonl ...]", file=sys.stderr)
+        return 2
+    runs = load_runs(argv)
+    print(page(runs) if as_page else table(runs))
+    failed = [(r["chapter"], r["name"]) for rs in runs.values() for r in rs if not r["passed"]]
+    if failed:
+        print(f"\n{len(failed)} findings failed in some run", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,3 +96,34 @@ def test_ijepa_loss_trains_the_context_encoder_and_predictor_only():
     assert all(p.grad is None for p in model.target_encoder.parameters())
     assert model.encoder.head.weight.grad is None  # the classifier head plays no part
     assert set(model.last_stats) == {"context_std", "target_std"}
+
+
+def test_collapse_stats_is_zero_for_an_image_blind_encoder_and_positive_for_a_random_one():
+    from vitbook import ssl
+
+    enc = ViT(tiny_config(pool="mean"))
+    x = torch.rand(64, 1, 28, 28)
+    blind = ssl.collapse_stats(ssl.image_blind(enc), x)
+    seeing = ssl.collapse_stats(enc, x)
+    assert blind["spread"] < 1e-6 and blind["rank"] == 0.0
+    assert seeing["spread"] > 0.01 and seeing["rank"] > 2
+
+
+def test_token_spread_rewards_an_image_blind_encoder_which_is_why_it_is_not_the_check():
+    from vitbook import ssl
+
+    enc = ViT(tiny_config(pool="mean"))
+    x = torch.rand(64, 1, 28, 28)
+    assert ssl.token_spread(ssl.image_blind(enc), x) > 0.1  # positions alone look like spread
+
+
+def test_hidden_error_of_a_silent_decoder_equals_the_predict_zero_baseline():
+    from vitbook import ssl
+
+    mae = ssl.MAE(ViT(tiny_config(patch_size=4, pool="mean")), decoder_dim=16, decoder_depth=1,
+                  decoder_heads=2, norm_pix_loss=True, norm_eps=1e-2)  # fmt: skip
+    with torch.no_grad():
+        mae.decoder_pred.weight.zero_()
+        mae.decoder_pred.bias.zero_()
+    err = mae.hidden_error(torch.rand(32, 1, 28, 28), 0.75)
+    assert abs(err["model"] - err["predict 0"]) < 1e-9 and err["predict 0"] > 0.5

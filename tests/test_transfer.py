@@ -27,7 +27,23 @@ def test_unknown_scores_rank_an_unsure_prediction_above_a_sure_one():
     logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
     s = transfer.unknown_scores(logits)
     assert s["p(unknown)"].argmax() == 1
-    assert s["1 - max p(known)"][0] < s["1 - max p(known)"][2]
+    assert s["max-softmax"][0] < s["max-softmax"][2]
+
+
+def test_max_softmax_score_ignores_the_unknown_logit():
+    # Hendrycks & Gimpel's baseline: a softmax over the known classes' logits only, so the
+    # unknown class's logit, whatever it is, must not move it (it moves p(unknown)).
+    logits = torch.tensor([[2.0, 0.5, -3.0], [0.2, 0.1, 0.0]])
+    louder = logits.clone()
+    louder[:, 2] += 10.0
+    a, b = transfer.unknown_scores(logits), transfer.unknown_scores(louder)
+    torch.testing.assert_close(a["max-softmax"], b["max-softmax"])
+    assert (b["p(unknown)"] > a["p(unknown)"]).all()
+    expected = 1 - logits[:, :2].softmax(dim=1).max(dim=1).values
+    torch.testing.assert_close(a["max-softmax"], expected)
+    # the unknown class may sit in any column
+    moved = transfer.unknown_scores(logits[:, [2, 0, 1]], unknown_index=0)
+    torch.testing.assert_close(moved["max-softmax"], expected)
 
 
 def test_finetune_replaces_the_head_and_leaves_the_original_alone():
@@ -48,3 +64,18 @@ def test_label_budget_is_class_balanced():
 
     few = transfer.label_budget(data.mnist("test"), 0.01)
     assert torch.bincount(few.labels).tolist() == [10] * 10
+
+
+def test_probe_head_gives_the_probes_logits_on_raw_features():
+    from vitbook import data
+    from vitbook.metrics import extract_features, fit_linear_probe
+
+    torch.manual_seed(0)
+    enc = ViT(tiny_config())
+    ds = data.ImageDataset(
+        torch.randint(0, 256, (60, 1, 28, 28), dtype=torch.uint8), torch.arange(60) % 3
+    )
+    head = transfer.probe_head(enc, ds, num_classes=3)
+    f, y = extract_features(enc, ds)
+    w, b, mean, std = fit_linear_probe(f, y, 3)
+    torch.testing.assert_close(head(f), (f - mean) / std @ w + b, atol=1e-4, rtol=1e-4)

@@ -28,31 +28,39 @@ def extract_features(
     return feats, y
 
 
-def linear_probe(
+def fit_linear_probe(
     train_feats,
     train_labels,
-    test_feats,
-    test_labels,
+    num_classes: int | None = None,
     epochs: int = 100,
     lr: float = 0.05,
     weight_decay: float = 1e-4,
-) -> float:
-    """Test accuracy of a logistic-regression classifier trained on frozen features
-    (standardised with the training set's statistics; full-batch AdamW). Deterministic."""
+):
+    """A logistic-regression classifier on frozen features, standardised with the training
+    set's statistics (full-batch AdamW; deterministic). Returns ``(w (D, K), b (K,), mean,
+    std)``: the logits of features ``f`` are ``((f - mean) / std) @ w + b``."""
     g = torch.Generator().manual_seed(0)
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
-    xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
-    k = int(max(train_labels.max(), test_labels.max())) + 1
+    xtr = (train_feats - mean) / std
+    k = int(train_labels.max()) + 1 if num_classes is None else num_classes
     w = (torch.randn(xtr.shape[1], k, generator=g) * 0.01).requires_grad_()
     b = torch.zeros(k, requires_grad=True)
     opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        loss = F.cross_entropy(xtr @ w + b, train_labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return ((xte @ w + b).argmax(1) == test_labels).float().mean().item()
+    with torch.enable_grad():
+        for _ in range(epochs):
+            loss = F.cross_entropy(xtr @ w + b, train_labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach(), b.detach(), mean, std
+
+
+def linear_probe(train_feats, train_labels, test_feats, test_labels, **kwargs) -> float:
+    """Test accuracy of `fit_linear_probe`'s classifier (logistic regression on frozen,
+    standardised features)."""
+    k = int(max(train_labels.max(), test_labels.max())) + 1
+    w, b, mean, std = fit_linear_probe(train_feats, train_labels, k, **kwargs)
+    return (((test_feats - mean) / std @ w + b).argmax(1) == test_labels).float().mean().item()
 
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 10) -> float:

@@ -136,10 +136,34 @@ class MAE(nn.Module):
         return self.loss(imgs, pred, mask), pred, mask
 
     @torch.no_grad()
+    def hidden_error(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, batch_size: int = 500
+    ) -> dict[str, float]:
+        """How well the hidden patches are predicted, measured as the training loss is: mean
+        squared error per hidden patch against its target (pixels normalised per patch when
+        ``norm_pix_loss``), with no information from the hidden patches used to score it.
+        Returns the model's error and that of the trivial prediction 0 (each hidden patch flat
+        at its own mean in the normalised space; the error of knowing nothing)."""
+        was = self.training
+        self.eval()
+        err = base = count = 0.0
+        for i in range(0, len(imgs), batch_size):
+            x = imgs[i : i + batch_size]
+            _, pred, mask = self(x, mask_ratio)
+            target = self.targets(x)
+            err += (((pred - target) ** 2).mean(dim=-1) * mask).sum().item()
+            base += ((target**2).mean(dim=-1) * mask).sum().item()
+            count += mask.sum().item()
+        self.train(was)
+        return {"model": err / count, "predict 0": base / count}
+
+    @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, mask_ratio: float | None = None):
         """Images for a figure: (masked input, reconstruction, reconstruction with the visible
         patches pasted back), each (B, C, H, W). Predictions of normalised pixels are mapped
-        back with each true patch's mean and spread, as in the MAE paper's figures."""
+        back with each true patch's mean and spread, as in the MAE paper's figures: the picture
+        borrows the hidden patches' true brightness and contrast, so it flatters the model. Use
+        `hidden_error` to measure, not these images."""
         was = self.training
         self.eval()
         _, pred, mask = self(imgs, mask_ratio)
@@ -298,9 +322,11 @@ class IJEPA(nn.Module):
         tgt = torch.cat(tgt_idxs)  # (K*B, n_tgt)
         pred = self.predictor(z.repeat(K, 1, 1), ctx_idx.repeat(K, 1), tgt)  # (K*B, n_tgt, D)
         loss = F.mse_loss(pred, gather_tokens(h.repeat(K, 1, 1), tgt))
+        # Spread across images of the mean-pooled embeddings (not across tokens, where the
+        # position embeddings alone would count as spread): 0 means every image looks the same.
         self.last_stats = {
-            "context_std": z.detach().flatten(0, 1).std(dim=0).mean().item(),
-            "target_std": h.flatten(0, 1).std(dim=0).mean().item(),
+            "context_std": z.detach().mean(dim=1).std(dim=0).mean().item(),
+            "target_std": h.mean(dim=1).std(dim=0).mean().item(),
         }
         return loss
 
@@ -318,9 +344,48 @@ def ijepa_loss_fn(model: IJEPA, x, y):
     return model(x), None
 
 
-def embedding_std(encoder: ViT, x: torch.Tensor) -> float:
-    """Mean over dimensions of the per-dimension standard deviation of patch embeddings over a
-    batch: near 0 means the representation collapsed to a constant."""
+@torch.no_grad()
+def collapse_stats(encoder: ViT, x: torch.Tensor) -> dict[str, float]:
+    """How much ``encoder``'s representation changes from image to image, measured on the
+    pooled features ``encoder.features(x)`` (B, D), the vector a probe sees:
+
+    * ``spread``: the standard deviation across images of each dimension, averaged over the
+      dimensions (0 for an encoder that maps every image to the same vector);
+    * ``rank``: the effective rank of the features' covariance, exp(entropy of its normalised
+      eigenvalues), between 1 and D (0 when nothing varies): how many directions carry it.
+
+    Collapse is features that do not vary across images. A spread taken over images *and*
+    tokens together would count the position embeddings as variety: an encoder blind to the
+    image would score high on it (see `image_blind`)."""
+    was = encoder.training
+    encoder.eval()
+    f = encoder.features(x).double()  # (B, D)
+    encoder.train(was)
+    spread = f.std(dim=0).mean().item()
+    eig = torch.linalg.eigvalsh(torch.cov(f.T)).clamp(min=0)  # (D,)
+    total = eig.sum()
+    if total <= 1e-12:
+        return {"spread": spread, "rank": 0.0}
+    p = eig / total
+    p = p[p > 0]
+    return {"spread": spread, "rank": torch.exp(-(p * p.log()).sum()).item()}
+
+
+def token_spread(encoder: ViT, x: torch.Tensor) -> float:
+    """The flawed collapse score, kept to show why it is flawed: the standard deviation over
+    images and patch tokens together, averaged over dimensions. Position embeddings differ
+    between tokens, so an encoder that ignores the image still scores well on it."""
     with torch.no_grad():
         h, _ = encoder.forward_features(x)
     return h[:, 1:].flatten(0, 1).std(dim=0).mean().item()
+
+
+def image_blind(encoder: ViT) -> ViT:
+    """A copy of ``encoder`` that cannot see the image: its patch projection is zeroed, so every
+    image becomes the same tokens (bias plus positions). A deliberately collapsed encoder, the
+    negative control of `collapse_stats`."""
+    blind = copy.deepcopy(encoder)
+    with torch.no_grad():
+        for p in blind.patch_embed.parameters():
+            p.zero_()
+    return blind

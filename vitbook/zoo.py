@@ -351,10 +351,16 @@ def build_ijepa():
 
 
 def train_ijepa(model) -> dict:
-    from .ssl import embedding_std, ijepa_loss_fn
+    from .ssl import collapse_stats, ijepa_loss_fn
 
-    probe = data.mnist("test").tensors()[0][:256]
-    stats = {"step": [], "context_std": [], "target_std": [], "encoder_std": []}
+    probe = data.mnist("test").tensors()[0][:512]
+    stats = {
+        "step": [],
+        "context_std": [],
+        "target_std": [],
+        "encoder_spread": [],
+        "encoder_rank": [],
+    }
 
     def on_step_end(step, total):
         model.update_target(step / total)
@@ -362,7 +368,9 @@ def train_ijepa(model) -> dict:
             stats["step"].append(step)
             stats["context_std"].append(model.last_stats["context_std"])
             stats["target_std"].append(model.last_stats["target_std"])
-            stats["encoder_std"].append(embedding_std(model.encoder, probe))
+            spread = collapse_stats(model.encoder, probe)
+            stats["encoder_spread"].append(spread["spread"])
+            stats["encoder_rank"].append(spread["rank"])
 
     history = fit(
         model,
@@ -429,7 +437,7 @@ def evaluate_ssl_encoders(_=None) -> dict:
         "MAE": get("mnist-mae").encoder,
         "I-JEPA": get("mnist-ijepa").encoder,
     }
-    return {"table": {name: evaluate_encoder(enc) for name, enc in encoders.items()}}
+    return {"table": {name: evaluate_encoder(enc, seed=SEED) for name, enc in encoders.items()}}
 
 
 register(
@@ -439,8 +447,9 @@ register(
         build=None,
         train=evaluate_ssl_encoders,
         recipe={
-            "protocol": "linear probe on 10k + fine-tune 1%/10% labels, 300 steps",
+            "protocol": "linear probe, then LP-FT, on 1% and 10% of the labels",
             "fractions": [0.01, 0.1],
+            "seed": SEED,
         },
         modules=("model", "train", "data", "transforms", "ssl", "transfer", "metrics"),
         depends=("mnist-vit-p4", "mnist-mae", "mnist-ijepa"),
@@ -508,8 +517,13 @@ register(
 CNN_RECIPE = dict(MNIST_RECIPE, epochs=2, lr=2e-3, label_smoothing=0.0)
 STUDENT_LABELS = 500  # labelled training digits per class the students learn from
 STUDENT_STEPS = 600
+# No label smoothing for any student: the distillation losses use plain cross-entropy on the
+# labels, so the plain student does too, and only the target differs between them.
 STUDENT_RECIPE = dict(
-    MNIST_RECIPE, epochs=round(STUDENT_STEPS / (10 * STUDENT_LABELS // 128)), warmup_epochs=1.0
+    MNIST_RECIPE,
+    epochs=round(STUDENT_STEPS / (10 * STUDENT_LABELS // 128)),
+    warmup_epochs=1.0,
+    label_smoothing=0.0,
 )
 
 

@@ -91,3 +91,24 @@ def test_history_and_grad_flow_plots_draw(tmp_path):
 def test_confusion_matrix_counts_pairs():
     cm = viz.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_show_source_returns_the_packages_own_code_highlighted():
+    from vitbook import viz
+    from vitbook.model import Attention, Block
+
+    code = viz.show_source(Attention, Block)
+    assert "class Attention(nn.Module):" in code.data and "class Block(nn.Module):" in code.data
+    assert "highlight" in code._repr_html_()
+
+
+def test_show_source_can_drop_docstrings_and_refuses_an_instance():
+    import pytest
+
+    from vitbook import viz
+    from vitbook.train import lr_at
+
+    code = viz.show_source(lr_at, skip_docstring=True)
+    assert code.data.startswith("def lr_at(") and '"""' not in code.data and "return" in code.data
+    with pytest.raises(TypeError, match="classes and functions"):
+        viz.show_source(3)

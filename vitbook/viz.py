@@ -9,7 +9,9 @@ HTML with no kernel and no network.
 
 from __future__ import annotations
 
+import inspect
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +20,36 @@ import torch
 from .model import patchify
 
 CMAP_ATTN = "inferno"
+
+
+def show_source(*objects, skip_docstring: bool = False):
+    """The source code of classes or functions of the package, highlighted, for the page: the
+    notebook shows the code it runs, taken from ``vitbook`` itself, so the page and the code can
+    never disagree. Returns an ``IPython.display.Code`` (renders in Jupyter, Colab and the
+    built book). ``skip_docstring`` drops each function's docstring to keep the page short."""
+    from IPython.display import Code
+
+    parts = []
+    for obj in objects:
+        try:
+            src = textwrap.dedent(inspect.getsource(obj))
+        except TypeError as e:
+            raise TypeError(
+                f"show_source takes classes and functions, got {type(obj).__name__}: {e}"
+            ) from None
+        if skip_docstring and obj.__doc__:
+            doc = inspect.getdoc(obj)
+            start = src.find('"""')
+            end = src.find('"""', start + 3) if start >= 0 else -1
+            if start >= 0 and end > start and doc.split("\n")[0] in src[start:end]:
+                line_end = src.find("\n", end)
+                src = (
+                    src[:start].rstrip(" ") + src[line_end + 1 :].lstrip("\n")
+                    if line_end > 0
+                    else src
+                )
+        parts.append(src.rstrip())
+    return Code("\n\n\n".join(parts), language="python")
 
 
 def _np(x) -> np.ndarray:

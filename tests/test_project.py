@@ -49,8 +49,15 @@ def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_chec
         line.startswith(("#", "import sys", "if ", "    ")) or not line.strip()
         for line in src.splitlines()
     )
-    assert "## Checks" in "".join(cells[-2]["source"])
-    checks = "".join(cells[-1]["source"])
+    # ... then the Checks cell (collapsed on the page), then the chapter's ending
+    at = next(i for i, c in enumerate(cells) if "## Checks" in "".join(c["source"]))
+    assert at in (len(cells) - 2, len(cells) - 3), "the Checks cell comes last, or before the ending"
+    if at == len(cells) - 3:
+        ending = "".join(cells[-1]["source"])
+        for section in ("## Key takeaways", "## Exercises", "## References"):
+            assert section in ending, f"{path.name}: the ending lacks {section!r}"
+        assert "](https://" in ending, f"{path.name}: References link the papers"
+    checks = "".join(cells[at + 1]["source"])
     assert "claims.check(" in checks or "assert " in checks
     assert "claims.summary()" in checks or "all checks passed" in checks
     assert not re.search(r"^[A-Z_]{6,}$", "\n".join("".join(c["source"]) for c in cells), re.M), (

@@ -44,7 +44,14 @@ _WHAT = {
     "mlp_dim": "it is the hidden width of each block's MLP",
 }
 _EXAMPLES = dict(
-    image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64, depth=3, heads=4, mlp_dim=128
+    image_size=28,
+    patch_size=7,
+    in_channels=1,
+    num_classes=10,
+    dim=64,
+    depth=3,
+    heads=4,
+    mlp_dim=128,
 )
 
 
@@ -384,8 +391,12 @@ class ViT(nn.Module):
             hint = ""
             if x.ndim == 3 and tuple(x.shape) == (cfg.in_channels, cfg.image_size, cfg.image_size):
                 hint = " One image? Add a batch dimension with x.unsqueeze(0)."
-            elif x.ndim == 3 and cfg.in_channels == 1 and tuple(x.shape[1:]) == (cfg.image_size,) * 2:
-                hint = " A batch of grayscale images? Add the channel dimension with x.unsqueeze(1)."
+            elif (
+                x.ndim == 3 and cfg.in_channels == 1 and tuple(x.shape[1:]) == (cfg.image_size,) * 2
+            ):
+                hint = (
+                    " A batch of grayscale images? Add the channel dimension with x.unsqueeze(1)."
+                )
             elif x.ndim == 2 and tuple(x.shape) == (cfg.image_size,) * 2 and cfg.in_channels == 1:
                 hint = " One grayscale image? Use x[None, None]."
             raise ValueError(

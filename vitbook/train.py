@@ -526,6 +526,7 @@ def fit(
     if r.batch_size % world != 0:
         raise ValueError(f"batch_size {r.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(r.seed)
+    default_loss = loss_fn is None
     loss_fn = loss_fn or classification_loss(r.label_smoothing)
     augment = augmentation if augmentation is not None else (DigitAugment() if r.augment else None)
 
@@ -539,7 +540,7 @@ def fit(
             f"batch_size (at most {n}) or more data"
         )
     num_classes = getattr(getattr(model, "cfg", None), "num_classes", None)
-    if loss_fn is None and num_classes is not None and y_all.max() >= num_classes:
+    if default_loss and num_classes is not None and y_all.max() >= num_classes:
         raise ValueError(
             f"the training labels go up to {y_all.max().item()}, but the model has "
             f"{num_classes} classes (labels 0..{num_classes - 1}); build it with "

@@ -16,6 +16,7 @@ This is what lets every chapter run alone, in any order, in a fresh kernel: a ch
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
@@ -23,6 +24,7 @@ import inspect
 import json
 import pkgutil
 import sys
+import textwrap
 import time
 import types
 import warnings
@@ -115,17 +117,23 @@ def _references(fn: types.FunctionType, modules: set[str]) -> tuple[list, list[s
     names = _names(fn.__code__)
     found, constants = [], []
     ours_modules = []
+    in_zoo = fn.__globals__.get("__name__") == __name__
     for name in sorted(names):
         value = fn.__globals__.get(name)
         if isinstance(value, types.ModuleType):
             if value.__name__.startswith(PACKAGE + ".") or value.__name__ == PACKAGE:
                 ours_modules.append(value)
         elif name in fn.__globals__:
-            found.append((name, value))
+            if not (in_zoo and name in _KEY_STOP):
+                found.append((name, value))
         elif name in modules:  # a local ``from .ssl import MAE`` names the module "ssl"
             ours_modules.append(importlib.import_module(f"{PACKAGE}.{name}"))
     for module in ours_modules:
+        if module.__name__ in _KEY_SKIP_MODULES:
+            continue
         for name in sorted(names):
+            if module.__name__ == __name__ and name in _KEY_STOP:
+                continue
             if name in vars(module) and not isinstance(vars(module)[name], types.ModuleType):
                 found.append((f"{module.__name__}.{name}", vars(module)[name]))
     objects = []
@@ -165,11 +173,31 @@ def _source(obj) -> str | None:
     if hit is not None and hit[0] is obj:
         return hit[1]
     try:
-        source = inspect.getsource(obj)
+        source = _without_comments(inspect.getsource(obj))
     except (OSError, TypeError):
         source = None
     _SOURCES[id(obj)] = (obj, source)
     return source
+
+
+def _without_comments(source: str) -> str:
+    """The code of ``source`` without its comments, docstrings and layout (its syntax tree),
+    where it parses on its own; a lambda's line that does not is kept as written."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def code_sources(*roots) -> list[str]:

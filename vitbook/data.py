@@ -19,10 +19,12 @@ import gzip
 import hashlib
 import importlib.metadata
 import io
+import numbers
 import os
 import pickle
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +82,30 @@ class DataError(RuntimeError):
     """Data is missing or does not match its checksum. The message says how to get it."""
 
 
+def folder_from_env(var: str, default: str, error=ValueError) -> Path:
+    """The folder named by the environment variable ``var`` (``default`` when it is unset). An
+    empty value, or one naming a file, raises ``error`` with what to do instead of silently using
+    the current directory or failing later with a bare NotADirectoryError."""
+    value = os.environ.get(var)
+    if value is None:
+        return Path(default).expanduser()
+    if not value.strip():
+        raise error(
+            f"${var} is set but empty; expected the path of a folder. Unset it "
+            f"(`unset {var}`) to use {default}, or set it to a folder."
+        )
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise error(
+            f"${var} is {value!r}, which is a file; expected a folder. Point ${var} at a "
+            f"folder (it is created if missing), or unset it to use {default}."
+        )
+    return path
+
+
 def data_dir() -> Path:
     """The folder for datasets: ``$VITBOOK_DATA``, or ``~/.cache/vitbook/data``."""
-    return Path(os.environ.get("VITBOOK_DATA", "~/.cache/vitbook/data")).expanduser()
+    return folder_from_env("VITBOOK_DATA", "~/.cache/vitbook/data", DataError)
 
 
 class ImageDataset(Dataset):
@@ -90,14 +113,29 @@ class ImageDataset(Dataset):
     int label)``. ``images`` and ``labels`` are open for fast batched access."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes=MNIST_CLASSES, name=""):
+        if not torch.is_tensor(images) or not torch.is_tensor(labels):
+            raise TypeError(
+                f"ImageDataset takes torch tensors, got images {type(images).__name__} and labels "
+                f"{type(labels).__name__}; convert with torch.as_tensor"
+            )
         if images.ndim == 3:
             images = images[:, None]  # (N, H, W) -> (N, 1, H, W)
         if images.dtype != torch.uint8:
-            raise ValueError(f"ImageDataset stores uint8 images, got {images.dtype}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise ValueError(
+                f"ImageDataset stores uint8 images (0..255), got {images.dtype}; convert float "
+                f"images in [0, 1] with (x * 255).round().to(torch.uint8)"
+            )
+        if images.ndim != 4:
+            raise ValueError(
+                f"ImageDataset expects images (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}"
+            )
+        if labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{len(images)} images but labels of shape {tuple(labels.shape)}: expected one "
+                f"label per image, shape ({len(images)},)"
+            )
         self.images = images
-        self.labels = labels.long()
+        self.labels = class_labels(labels)
         self.classes = tuple(classes)
         self.name = name
 
@@ -115,8 +153,55 @@ class ImageDataset(Dataset):
         return self.images.float() / 255.0, self.labels
 
     def subset(self, indices) -> ImageDataset:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        """The images at ``indices`` (integers in [0, len), or a boolean mask of length len)."""
+        idx = checked_indices(indices, len(self))
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name)
+
+
+def class_labels(labels) -> torch.Tensor:
+    """Labels as a long tensor; float labels with a fractional part or negative labels raise a
+    ValueError instead of being truncated or wrapped."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"expected integer class labels, got {labels.dtype}")
+    if labels.is_floating_point():
+        if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
+            bad = labels[~torch.isfinite(labels) | (labels != labels.round())][:3].tolist()
+            raise ValueError(
+                f"expected integer class labels, got {labels.dtype} values such as {bad}; "
+                f"labels are class indices 0, 1, 2, ... (pass labels.long() after rounding, or "
+                f"argmax of one-hot or soft labels)"
+            )
+    labels = labels.long()
+    if len(labels) and labels.min() < 0:
+        raise ValueError(
+            f"expected class labels 0, 1, 2, ..., got a negative label {labels.min().item()}"
+        )
+    return labels
+
+
+def checked_indices(indices, n: int) -> torch.Tensor:
+    """``indices`` as a long tensor of positions in [0, n), or an IndexError/TypeError that says
+    what came. A boolean mask of length n selects where it is True."""
+    idx = torch.as_tensor(indices)
+    if idx.dtype == torch.bool:
+        if idx.shape != (n,):
+            raise IndexError(
+                f"a boolean mask must have one entry per image ({n}), got shape {tuple(idx.shape)}"
+            )
+        return idx.nonzero().flatten()
+    if idx.is_floating_point() or idx.is_complex():
+        raise TypeError(
+            f"expected integer indices, got {idx.dtype}; pass whole numbers in [0, {n})"
+        )
+    idx = idx.long().flatten()
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        bad = idx[(idx < 0) | (idx >= n)][:5].tolist()
+        raise IndexError(
+            f"indices must lie in [0, {n}) for a dataset of {n} images, got {bad}"
+            f"{' (negative indices are not counted from the end here)' if min(bad) < 0 else ''}"
+        )
+    return idx
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -262,7 +347,15 @@ def _load(name: str, split: str, offline_source) -> tuple[np.ndarray, np.ndarray
         if got is not None:
             images, labels = got
             _verify(name, split, images, labels, source)
-            _save_npz_atomic(data_dir() / name / f"{split}.npz", images, labels)
+            path = data_dir() / name / f"{split}.npz"
+            try:
+                _save_npz_atomic(path, images, labels)
+            except OSError as e:  # a full or read-only disk: the data is read and verified
+                warnings.warn(
+                    f"could not cache {name} {split} in {path} ({e}); using it from memory this "
+                    f"time. Free some space or set $VITBOOK_DATA to a writable folder.",
+                    stacklevel=3,
+                )
             return images, labels
     raise DataError(
         f"{name} {split} is not in the cache ({data_dir() / name}), the download failed (no "
@@ -307,7 +400,18 @@ class Split:
 
 
 def train_val_split(ds: ImageDataset, val_size: int = 5000, seed: int = 0) -> Split:
-    """A seeded random split of a dataset into train and validation parts."""
+    """A seeded random split of a dataset into train and validation parts; ``val_size`` is a
+    number of images, at least 1 and fewer than the dataset holds."""
+    if isinstance(val_size, bool) or not isinstance(val_size, numbers.Integral):
+        raise TypeError(
+            f"val_size is a number of images, got {val_size!r}; for a fraction f pass "
+            f"val_size=round(f * len(ds))"
+        )
+    if not 0 < val_size < len(ds):
+        raise ValueError(
+            f"val_size must leave images on both sides: between 1 and {len(ds) - 1} for "
+            f"{len(ds)} images, got {val_size}"
+        )
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=g)
     return Split(ds.subset(perm[val_size:]), ds.subset(perm[:val_size]))
@@ -315,6 +419,10 @@ def train_val_split(ds: ImageDataset, val_size: int = 5000, seed: int = 0) -> Sp
 
 def few_per_class(ds: ImageDataset, per_class: int, classes=None, seed: int = 0) -> ImageDataset:
     """A seeded subset with ``per_class`` examples of each class (of ``classes``, default all)."""
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
+        raise ValueError(
+            f"per_class is a number of images of each class, at least 1; got {per_class!r}"
+        )
     g = torch.Generator().manual_seed(seed)
     classes = range(len(ds.classes)) if classes is None else classes
     picked = []

@@ -40,7 +40,7 @@ class DistilledViT(ViT):
         nn.init.zeros_(self.head_dist.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.check_input(x)
         return self.patch_embed(x) + self.pos_embed[:, 2:]  # (B, N, D)
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:

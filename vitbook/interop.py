@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -48,19 +49,75 @@ TORCHVISION_NAMES = {
 _TV_LEGACY = {".mlp.linear_1.": ".mlp.0.", ".mlp.linear_2.": ".mlp.3."}
 
 
+# Where trainers put the weights inside a saved checkpoint dict, tried in this order.
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network")
+# Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
 def _state_dict(model_or_state_dict) -> dict[str, torch.Tensor]:
+    """The state dict of a model, or a state dict unwrapped from the ways trainers save one:
+    ``{'state_dict': sd}``, ``{'model': sd}`` (and similar keys, see `WRAPPER_KEYS`), and keys
+    prefixed ``module.`` (DDP) or ``_orig_mod.`` (torch.compile). Each unwrapping is printed."""
     if isinstance(model_or_state_dict, nn.Module):
-        return model_or_state_dict.state_dict()
-    if isinstance(model_or_state_dict, dict):
-        return model_or_state_dict
-    raise TypeError(
-        f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}"
+        sd = model_or_state_dict.state_dict()
+    elif isinstance(model_or_state_dict, Mapping):
+        sd = model_or_state_dict
+    else:
+        hint = (
+            " Load the file first: torch.load(path, map_location='cpu')."
+            if isinstance(model_or_state_dict, str | bytes)
+            or hasattr(model_or_state_dict, "__fspath__")
+            else ""
+        )
+        raise TypeError(
+            f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}.{hint}"
+        )
+    for _ in range(3):  # a wrapper inside a wrapper, at most
+        if any(torch.is_tensor(v) for v in sd.values()):
+            break
+        key = next((k for k in WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if key is None:
+            break
+        print(f"interop: using the state dict found under checkpoint[{key!r}]")
+        sd = sd[key]
+    if not sd:
+        raise CheckpointMismatchError(
+            "the state dict is empty: expected the weights of a ViT (keys such as cls_token, "
+            "pos_embed, patch_embed.proj.weight); check what was saved"
+        )
+    not_tensors = [k for k, v in sd.items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise TypeError(
+            f"expected a state dict of tensors, but {len(not_tensors)} entries are not tensors "
+            f"(such as {not_tensors[:5]}); if this is a training checkpoint, pass the entry "
+            f"that holds the model's weights"
+        )
+    for prefix in WRAPPER_PREFIXES:
+        if all(isinstance(k, str) and k.startswith(prefix) for k in sd):
+            print(f"interop: removed the prefix {prefix!r} from every key")
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def _kind(sd: dict) -> str:
+    """What a state dict looks like: 'timm' (vitbook's names), 'torchvision', or 'other'."""
+    if any(k.startswith(("class_token", "encoder.layers.", "conv_proj.")) for k in sd):
+        return "torchvision"
+    if any(k.startswith(("cls_token", "patch_embed.", "blocks.")) for k in sd):
+        return "timm"
+    return "other"
+
+
+def _not_a_vit(sd: dict, want: str) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"this does not look like a ViT state dict: none of the {want} keys (such as "
+        f"{'cls_token, pos_embed, patch_embed.proj.weight' if want == 'timm' else 'class_token, conv_proj.weight, encoder.layers...'}) "
+        f"are there; its keys begin {', '.join(list(sd)[:6])}. Pass the weights of a ViT."
     )
 
 
 def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
-    if heads is not None:
-        return heads
     obj = model
     for part in attr_path.split("."):
         obj = (
@@ -68,6 +125,13 @@ def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
             if not part.isdigit()
             else (obj[int(part)] if obj is not None else None)
         )
+    if heads is not None:
+        if isinstance(obj, int) and obj != heads:
+            raise ValueError(
+                f"heads={heads} was passed, but the model has {obj} heads; the logits would "
+                f"differ. Leave heads out (it is read off the model) or pass heads={obj}."
+            )
+        return heads
     if isinstance(obj, int):
         return obj
     if dim in HEADS_BY_DIM:
@@ -76,6 +140,30 @@ def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
         f"cannot tell the number of heads of a width-{dim} model from its weights alone: "
         f"pass heads=... (standard widths are {sorted(HEADS_BY_DIM)})"
     )
+
+
+REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight")
+
+
+def _check_required(sd: dict, what: str) -> None:
+    missing = [k for k in REQUIRED if k not in sd]
+    if missing:
+        hint = (
+            " (vitbook models with pos_embed='sincos' or 'none' store no position embedding: "
+            "rebuild those with ViT(cfg) and vitbook.model.load_checked)"
+            if missing == ["pos_embed"]
+            else ""
+        )
+        blocks = _count_blocks(sd, r"blocks\.(\d+)\.")
+        raise CheckpointMismatchError(
+            f"the {what} lacks {', '.join(missing)}: a ViT checkpoint has all of "
+            f"{', '.join(REQUIRED)}{hint}. It looks like a ViT ({blocks} encoder blocks) but is "
+            f"incomplete; check that the whole state dict was saved."
+        )
+
+
+def _most_common(values: list[int]) -> int:
+    return max(set(values), key=lambda v: (values.count(v), -values.index(v)))
 
 
 def _config_from(sd: dict, heads: int) -> ViTConfig:
@@ -91,21 +179,35 @@ def _config_from(sd: dict, heads: int) -> ViTConfig:
         raise ValueError(
             f"pos_embed has {tokens} tokens: expected a class token plus a square grid of patches"
         )
+    depth = _count_blocks(sd, r"blocks\.(\d+)\.")
+    # The MLP width by majority over every block's fc1 and fc2, so that one odd tensor is
+    # reported as itself, not through all the others.
+    widths = []
+    for i in range(depth):
+        for key, axis in (("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)):
+            t = sd.get(f"blocks.{i}.mlp.{key}")
+            if t is not None and t.ndim > axis:
+                widths.append(t.shape[axis])
+    if not widths:
+        raise CheckpointMismatchError(
+            "no MLP weights found (keys like blocks.0.mlp.fc1.weight); is this a ViT checkpoint?"
+        )
     return ViTConfig(
         image_size=grid * patch,
         patch_size=patch,
         in_channels=channels,
         num_classes=sd["head.weight"].shape[0],
         dim=dim,
-        depth=_count_blocks(sd, r"blocks\.(\d+)\."),
+        depth=depth,
         heads=heads,
-        mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        mlp_dim=_most_common(widths),
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
     )
 
 
 def _build(sd: dict, heads: int | None, source, heads_attr: str, what: str) -> ViT:
     """A ViT built from the configuration the (vitbook-named) weights imply, loaded with them."""
+    _check_required(sd, what)
     model = ViT(_config_from(sd, _heads(sd["cls_token"].shape[-1], heads, source, heads_attr)))
     load_checked(model, sd, what)
     return model
@@ -152,7 +254,16 @@ def torchvision_to_vitbook(sd: dict) -> dict[str, torch.Tensor]:
 def from_torchvision(model_or_state_dict, heads: int | None = None) -> ViT:
     """A vitbook `ViT` with the weights of a torchvision ``VisionTransformer`` (``vit_b_16`` and
     friends), or of its state dict. Its logits equal torchvision's for the same input."""
-    sd = torchvision_to_vitbook(_state_dict(model_or_state_dict))
+    sd = _state_dict(model_or_state_dict)
+    kind = _kind(sd)
+    if kind == "timm":
+        raise CheckpointMismatchError(
+            "this is a timm or vitbook ViT state dict (keys like cls_token, blocks.0...), not a "
+            "torchvision one: use interop.from_timm"
+        )
+    if kind == "other":
+        raise _not_a_vit(sd, "torchvision")
+    sd = torchvision_to_vitbook(sd)
     return _build(
         sd,
         heads,
@@ -178,7 +289,15 @@ _TIMM_UNSUPPORTED = {
 def from_timm(model_or_state_dict, heads: int | None = None) -> ViT:
     """A vitbook `ViT` with the weights of a timm ``VisionTransformer`` (``vit_base_patch16_224``
     and friends, class-token pooling, no LayerScale or registers), or of its state dict."""
-    sd = dict(_state_dict(model_or_state_dict))
+    sd = _state_dict(model_or_state_dict)
+    kind = _kind(sd)
+    if kind == "torchvision":
+        raise CheckpointMismatchError(
+            "this is a torchvision ViT state dict (keys like class_token, encoder.layers...), "
+            "not a timm one: use interop.from_torchvision"
+        )
+    if kind == "other":
+        raise _not_a_vit(sd, "timm")
     for marker, what in _TIMM_UNSUPPORTED.items():
         if any(marker in k for k in sd):
             raise CheckpointMismatchError(

@@ -20,6 +20,7 @@ loading timm weights is a plain `load_state_dict` (see `vitbook.interop`).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -30,6 +31,28 @@ import torch.nn.functional as F
 POS_EMBEDS = ("learned", "sincos", "none")
 PATCH_IMPLS = ("conv", "linear")
 POOLS = ("cls", "mean")
+
+# For the messages of ViTConfig's checks: what each size is, and a typical value.
+_WHAT = {
+    "image_size": "it is the side of the square input image in pixels",
+    "patch_size": "it is the side of a square patch in pixels",
+    "in_channels": "it is 1 for grayscale images, 3 for RGB",
+    "num_classes": "the head needs at least one output",
+    "dim": "it is the token width D",
+    "depth": "a ViT has at least one encoder block",
+    "heads": "attention needs at least one head",
+    "mlp_dim": "it is the hidden width of each block's MLP",
+}
+_EXAMPLES = dict(
+    image_size=28,
+    patch_size=7,
+    in_channels=1,
+    num_classes=10,
+    dim=64,
+    depth=3,
+    heads=4,
+    mlp_dim=128,
+)
 
 
 def _divisors(n: int) -> list[int]:
@@ -58,6 +81,7 @@ class ViTConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
+        self._check_types_and_ranges()
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}: "
@@ -80,6 +104,51 @@ class ViTConfig:
             raise ValueError(
                 f"a 2D sin-cos position embedding needs dim divisible by 4, got {self.dim}"
             )
+
+    # The integer fields and the least value each may take; the float fields and their ranges.
+    _SIZES = {
+        "image_size": 1, "patch_size": 1, "in_channels": 1, "num_classes": 1,
+        "dim": 1, "depth": 1, "heads": 1, "mlp_dim": 1,
+    }  # fmt: skip
+
+    def _check_types_and_ranges(self):
+        """Every field has the type and range a ViT can be built from, or a ValueError/TypeError
+        says which field, what it got and what to pass."""
+        for name, least in self._SIZES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(
+                    f"ViTConfig.{name} must be a whole number, got {value!r} "
+                    f"({type(value).__name__}); pass an int such as {name}={_EXAMPLES[name]}"
+                )
+            if value < least:
+                raise ValueError(
+                    f"ViTConfig.{name} must be at least {least}, got {value}; "
+                    f"{_WHAT[name]}, for example {name}={_EXAMPLES[name]}"
+                )
+            setattr(self, name, int(value))  # a numpy or torch integer becomes a plain int
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"ViTConfig.{name} must be a number in [0, 1), got {value!r}")
+            if not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"ViTConfig.{name} is a drop probability in [0, 1), got {value}; "
+                    f"0.0 switches dropout off"
+                )
+        eps = self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"ViTConfig.norm_eps must be a small positive number, got {eps!r}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"ViTConfig.norm_eps must be a small positive number (LayerNorm divides by "
+                f"sqrt(variance + eps)), got {eps}; the default is 1e-6"
+            )
+        for name in ("qkv_bias", "fused_attn"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"ViTConfig.{name} must be True or False, got {getattr(self, name)!r}"
+                )
 
     @property
     def grid_size(self) -> int:
@@ -259,7 +328,9 @@ class ViT(nn.Module):
     a final LayerNorm and a linear head.
 
     ``model(x)`` returns logits (B, num_classes); ``model(x, return_attn=True)`` returns
-    ``(logits, maps)`` with one (B, nh, T, T) attention map per layer."""
+    ``(logits, maps)`` with one (B, nh, T, T) attention map per layer. ``x`` is a float tensor
+    (B, C, H, W) in [0, 1]; a uint8 batch is scaled by 1/255 and other float dtypes are cast to
+    the weights' dtype (see `check_input`)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -299,15 +370,46 @@ class ViT(nn.Module):
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError that says what was expected when x is not a batch of images this
-        model was built for."""
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the patch embedding takes it, or a ValueError/TypeError that says what was
+        expected and what to pass.
+
+        Accepted: a torch tensor (B, C, H, W) of the model's channels and size. A floating-point
+        batch is cast to the dtype of the model's weights (float32 unless the model was cast):
+        float32 input to a float32 model passes untouched. A uint8 batch is read as 8-bit pixels
+        and scaled to [0, 1] by ``x.float() / 255``, as `vitbook.data.ImageDataset` does. Other
+        dtypes (bool, int64, ...) and non-tensors (numpy arrays, lists) are refused."""
         cfg = self.cfg
         want = f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
+        if not torch.is_tensor(x):
+            raise TypeError(
+                f"expected a torch tensor of images {want}, got {type(x).__name__}. Convert it "
+                f"with torch.as_tensor(x) (uint8 pixels are scaled to [0, 1] by the model; float "
+                f"pixels should already be in [0, 1])."
+            )
         if x.ndim != 4:
-            hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
+            hint = ""
+            if x.ndim == 3 and tuple(x.shape) == (cfg.in_channels, cfg.image_size, cfg.image_size):
+                hint = " One image? Add a batch dimension with x.unsqueeze(0)."
+            elif (
+                x.ndim == 3 and cfg.in_channels == 1 and tuple(x.shape[1:]) == (cfg.image_size,) * 2
+            ):
+                hint = (
+                    " A batch of grayscale images? Add the channel dimension with x.unsqueeze(1)."
+                )
+            elif x.ndim == 2 and tuple(x.shape) == (cfg.image_size,) * 2 and cfg.in_channels == 1:
+                hint = " One grayscale image? Use x[None, None]."
             raise ValueError(
                 f"expected a batch of images {want}, got a tensor of shape {tuple(x.shape)}.{hint}"
+            )
+        if (
+            x.shape[1] != cfg.in_channels
+            and x.shape[3] == cfg.in_channels
+            and tuple(x.shape[1:3]) == (cfg.image_size, cfg.image_size)
+        ):
+            raise ValueError(
+                f"expected channels first {want}, got channels last {tuple(x.shape)} (B, H, W, C). "
+                f"Reorder the axes with x.permute(0, 3, 1, 2)."
             )
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
@@ -321,10 +423,20 @@ class ViT(nn.Module):
                 f"{x.shape[2]}x{x.shape[3]}. Resize them (torchvision.transforms.Resize({cfg.image_size})) "
                 f"or move the model to the new size with vitbook.interop.resize_model."
             )
+        weight = getattr(getattr(self.patch_embed, "proj", None), "weight", None)
+        weight_dtype = weight.dtype if weight is not None else torch.get_default_dtype()
+        if x.dtype == torch.uint8:
+            return x.to(weight_dtype) / 255.0  # 8-bit pixels -> [0, 1]
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected floating-point pixels in [0, 1] (or uint8 pixels 0..255), got "
+                f"{x.dtype}. Convert with x.float() (and divide by 255 if they are 0..255)."
+            )
+        return x if x.dtype == weight_dtype else x.to(weight_dtype)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1) without the class token: image -> patch tokens plus their positions, (B, N, D)."""
-        self.check_input(x)
+        x = self.check_input(x)
         x = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed[:, 1:]

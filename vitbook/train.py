@@ -19,7 +19,11 @@ Plotting lives in `vitbook.viz`; `History.plot()` is a shortcut to it.
 
 from __future__ import annotations
 
+import copy
+import difflib
+import hashlib
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -33,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from .data import class_labels
 from .model import load_checked
 from .transforms import DigitAugment
 
@@ -52,16 +57,67 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images float (N, C, H, W), labels (N,)) from a `vitbook.data.ImageDataset`, a pair of
-    tensors, or any dataset of (image, label) items (stacked once)."""
+    """(images float (N, C, H, W), labels (N,)) from a `vitbook.data.ImageDataset`, a pair
+    (images, labels) of tensors or numpy arrays, or any dataset of (image, label) items (stacked
+    once). Float images are taken as they are (expected in [0, 1]); uint8 images are 8-bit
+    pixels and are scaled to [0, 1] by ``x.float() / 255``, as `ImageDataset` does. Labels must
+    be whole class indices, one per image."""
     if hasattr(data, "tensors"):
         return data.tensors()
-    if isinstance(data, tuple | list) and len(data) == 2 and torch.is_tensor(data[0]):
-        return data[0].float(), torch.as_tensor(data[1]).long()
-    if len(data) == 0:
-        raise ValueError("the dataset is empty")
-    xs, ys = zip(*(data[i] for i in range(len(data))))
-    return torch.stack(xs).float(), torch.as_tensor(ys).long()
+    if data is None:
+        raise TypeError("expected a dataset or a pair (images, labels), got None")
+    if isinstance(data, tuple | list) and len(data) == 2 and _array_like(data[0]):
+        x, y = torch.as_tensor(data[0]), data[1]
+    else:
+        if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+            raise TypeError(
+                f"expected a vitbook ImageDataset, a pair (images, labels) or a dataset of "
+                f"(image, label) items, got {type(data).__name__}"
+            )
+        if len(data) == 0:
+            raise ValueError("the dataset is empty: expected at least one (image, label) item")
+        xs, ys = zip(*(data[i] for i in range(len(data))))
+        x, y = torch.stack([torch.as_tensor(v) for v in xs]), ys
+    y = class_labels(y)
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(
+            f"{len(x)} images but labels of shape {tuple(y.shape)}: expected one label per "
+            f"image, shape ({len(x)},)"
+        )
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0, y  # 8-bit pixels -> [0, 1]
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"expected images as floats in [0, 1] or uint8 pixels, got {x.dtype}")
+    return x.float(), y
+
+
+def _array_like(v) -> bool:
+    return torch.is_tensor(v) or type(v).__module__ == "numpy"
+
+
+def check_images(x: torch.Tensor, what: str) -> None:
+    """Raise a ValueError when ``x`` (from `as_tensors`) is not a batch of images a model can
+    train on: the wrong number of dimensions, NaN or infinite pixels, or pixels 0..255."""
+    if x.ndim != 4:
+        hint = " Add the channel dimension with x.unsqueeze(1)." if x.ndim == 3 else ""
+        raise ValueError(
+            f"the {what} must be images (N, C, H, W), got shape {tuple(x.shape)}.{hint}"
+        )
+    if len(x) == 0:
+        raise ValueError(f"the {what} is empty: expected at least one image")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = (~finite).flatten(1).any(1).nonzero().flatten()
+        raise ValueError(
+            f"the {what} holds NaN or infinite pixels in {len(bad)} image(s), the first at "
+            f"index {bad[0].item()}; remove or repair them (e.g. torch.nan_to_num) before training"
+        )
+    top = x.max().item()
+    if top > 1.001 and top <= 255 and torch.equal(x, x.round()):
+        raise ValueError(
+            f"the {what} looks like pixel values 0..255 (whole numbers up to {top:g}), expected "
+            f"floats in [0, 1]; divide by 255, or pass the uint8 tensor as it is"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -92,8 +148,63 @@ class Recipe:
     eval_batch_size: int = 1000
     compile: bool = False  # torch.compile the model (pays ~20-50 s once on a CPU)
 
+    def __post_init__(self):
+        def number(name, low, high=math.inf, integer=False, low_open=False):
+            v = getattr(self, name)
+            kind = "a whole number" if integer else "a number"
+            ok_type = isinstance(v, numbers.Integral if integer else numbers.Real)
+            if isinstance(v, bool) or not ok_type:
+                raise TypeError(f"{name} must be {kind}, got {v!r} ({type(v).__name__})")
+            if not math.isfinite(v) or v < low or (low_open and v == low) or v > high:
+                side = f"> {low}" if low_open else f">= {low}"
+                raise ValueError(
+                    f"{name} must be {kind} {side}"
+                    + (f" and <= {high}" if high != math.inf else "")
+                    + f", got {v}; {_RECIPE_HINTS.get(name, 'see vitbook.train.Recipe')}"
+                )
+
+        number("epochs", 0, low_open=True)
+        number("batch_size", 1, integer=True)
+        number("lr", 0)
+        number("min_lr_ratio", 0, 1)
+        number("warmup_epochs", 0)
+        number("weight_decay", 0)
+        number("label_smoothing", 0, 1)
+        number("grad_norm_every", 0, integer=True)
+        number("eval_batch_size", 1, integer=True)
+        number("seed", -math.inf, integer=True)
+        if self.grad_clip is not None:
+            number("grad_clip", 0)
+        if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_RECIPE_HINTS = {
+    "epochs": "a fraction such as 0.5 trains half an epoch",
+    "batch_size": "the global batch, such as 128",
+    "lr": "the peak learning rate, such as 3e-3",
+    "eval_batch_size": "such as 1000",
+}
+
+
+def recipe_from(options: dict) -> Recipe:
+    """A `Recipe` from keyword arguments, with a TypeError that names unknown fields."""
+    fields = Recipe.__dataclass_fields__
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        close = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
+        hints = ", ".join(
+            f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items()
+        )
+        raise TypeError(
+            f"fit got unknown option(s) {hints}; recipe fields are {', '.join(fields)}, and the "
+            f"loop options are loss_fn, augmentation, device, checkpoint, checkpoint_every, "
+            f"resume, progress, stop_at_step, on_epoch_end, on_step_end"
+        )
+    return Recipe(**options)
 
 
 @dataclass
@@ -137,6 +248,15 @@ class History:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was left as it was."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full or read-only disk); the message names the path.
+    The previous checkpoint, if any, is intact, and no temporary file is left behind."""
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint belongs to another model or other training data than the run resuming it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,30 +307,115 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+STALE_TMP_SECONDS = 600  # a temporary file untouched this long was left by a killed writer
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it into
-    place: a reader sees the old checkpoint or the new one, never half of one."""
+    place: a reader sees the old checkpoint or the new one, never half of one. A failed write
+    (a full disk) raises `CheckpointWriteError` naming the path and removes its temporary file;
+    temporary files that a killed writer left beside ``path`` are removed on the next save."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as e:
+        raise CheckpointWriteError(
+            e.errno,
+            f"cannot write the checkpoint {path} ({e.strerror or e}); choose a writable folder",
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        raise CheckpointWriteError(
+            getattr(e, "errno", None),
+            f"could not write the checkpoint {path} ({type(e).__name__}: {str(e).strip()[:200]}); "
+            f"is the disk full or read-only? The previous checkpoint at that path, if any, is "
+            f"intact. Free some space or choose another path.",
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _remove_stale_tmp(path: Path) -> None:
+    now = time.time()
+    for tmp in path.parent.glob(f"{glob_escape(path.name)}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def model_fingerprint(model: nn.Module) -> dict:
+    """What identifies a model beyond its tensor shapes: its class and the configuration of
+    every part that has one (``cfg``), such as heads or pooling."""
+    configs = {}
+    for name, m in model.named_modules():
+        cfg = getattr(m, "cfg", None)
+        if hasattr(cfg, "to_dict"):
+            configs[name or "model"] = cfg.to_dict()
+    return {"class": type(model).__qualname__, "configs": configs}
+
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> dict:
+    """A cheap fingerprint of a training set: its size and image shape, and a hash of 64 images
+    spread over it and of all labels."""
+    n = len(x)
+    idx = torch.linspace(0, n - 1, min(n, 64)).round().long()
+    h = hashlib.sha256()
+    h.update(x[idx].detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().long().cpu().contiguous().numpy().tobytes())
+    return {"n": n, "shape": list(x.shape[1:]), "sample_sha256": h.hexdigest()[:16]}
+
+
+def _fingerprint_differences(saved: dict, now: dict) -> list[str]:
+    out = []
+    sm, nm = saved.get("model", {}), now["model"]
+    if sm.get("class") != nm["class"]:
+        out.append(f"the model: a {sm.get('class')} in the checkpoint, a {nm['class']} now")
+    else:
+        for part in sorted(set(sm.get("configs", {})) | set(nm["configs"])):
+            a, b = sm.get("configs", {}).get(part, {}), nm["configs"].get(part, {})
+            for k in sorted(set(a) | set(b)):
+                if a.get(k) != b.get(k):
+                    out.append(f"{part}.cfg.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now")
+    sd, nd = saved.get("data", {}), now["data"]
+    if sd.get("n") != nd["n"] or sd.get("shape") != nd["shape"]:
+        out.append(
+            f"the training data: {sd.get('n')} images of shape {sd.get('shape')} in the "
+            f"checkpoint, {nd['n']} of shape {nd['shape']} now"
+        )
+    elif sd.get("sample_sha256") != nd["sample_sha256"]:
+        out.append(
+            f"the training data: the same size ({nd['n']} images) but other images or labels"
+        )
+    return out
+
+
 def load_checkpoint(path: str | Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise RuntimeError(
             f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); delete it to start over"
         ) from e
+    if not isinstance(state, dict):
+        raise RuntimeError(
+            f"cannot read the checkpoint {path}: expected a dict, found a {type(state).__name__}; "
+            f"delete it to start over"
+        )
+    return state
 
 
 def classification_loss(label_smoothing: float = 0.0) -> Callable:
@@ -303,7 +508,15 @@ def fit(
     runs after every optimizer step (I-JEPA's EMA update), ``on_epoch_end(record)`` after every
     epoch's evaluation.
     """
-    r = Recipe(**recipe)
+    r = recipe_from(recipe)
+    for name, value, least in (
+        ("checkpoint_every", checkpoint_every, 1),
+        ("stop_at_step", stop_at_step, 1),
+    ):
+        if value is None and name == "stop_at_step":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be a whole number of steps >= {least}, got {value!r}")
     rank, world = _dist_env()
     device = pick_device(device)
     if world > 1:
@@ -313,14 +526,36 @@ def fit(
     if r.batch_size % world != 0:
         raise ValueError(f"batch_size {r.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(r.seed)
+    default_loss = loss_fn is None
     loss_fn = loss_fn or classification_loss(r.label_smoothing)
     augment = augmentation if augmentation is not None else (DigitAugment() if r.augment else None)
 
     x_all, y_all = as_tensors(train_data)
+    check_images(x_all, "training data")
     n = len(x_all)
     steps_per_epoch = n // r.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{n} training images are fewer than one batch of {r.batch_size}")
+        raise ValueError(
+            f"{n} training images are fewer than one batch of {r.batch_size}; pass a smaller "
+            f"batch_size (at most {n}) or more data"
+        )
+    num_classes = getattr(getattr(model, "cfg", None), "num_classes", None)
+    if default_loss and num_classes is not None and y_all.max() >= num_classes:
+        raise ValueError(
+            f"the training labels go up to {y_all.max().item()}, but the model has "
+            f"{num_classes} classes (labels 0..{num_classes - 1}); build it with "
+            f"num_classes={y_all.max().item() + 1} or relabel the data"
+        )
+    if val_data is not None:  # refused now, not after an epoch of training
+        x_val, y_val = as_tensors(val_data)
+        check_images(x_val, "validation data")
+        if tuple(x_val.shape[1:]) != tuple(x_all.shape[1:]):
+            raise ValueError(
+                f"validation images of shape {tuple(x_val.shape[1:])} differ from the training "
+                f"images {tuple(x_all.shape[1:])}"
+            )
+        del x_val, y_val
+    fingerprint = {"model": model_fingerprint(model), "data": data_fingerprint(x_all, y_all)}
     total_steps = max(1, round(r.epochs * steps_per_epoch))
     warmup_steps = max(1, round(r.warmup_epochs * steps_per_epoch))
     local_bs = r.batch_size // world
@@ -341,6 +576,20 @@ def fit(
             raise ValueError(
                 f"the checkpoint {checkpoint} was written by a different recipe "
                 f"({state.get('recipe')}); delete it or pass the same recipe to resume"
+            )
+        if "fingerprint" not in state:
+            raise ResumeMismatchError(
+                f"the checkpoint {checkpoint} records neither the model nor the data it was "
+                f"trained on (an older vitbook wrote it), so resuming could return another "
+                f"model; delete it to start over, or pass resume=False"
+            )
+        differ = _fingerprint_differences(state["fingerprint"], fingerprint)
+        if differ:
+            raise ResumeMismatchError(
+                f"the checkpoint {checkpoint} belongs to another run: "
+                + "; ".join(differ)
+                + ". Delete it or choose another checkpoint path to train this one from the "
+                "start (resume=False overwrites it)."
             )
         load_checked(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -368,11 +617,27 @@ def fit(
             "step": step,
             "recipe": r.to_dict(),
             "epoch_stats": (run_loss, run_correct, run_seen),
+            "fingerprint": fingerprint,
         }
 
-    def save():
+    # A periodic checkpoint is held in memory until the next step's loss, computed with its
+    # weights, proves finite; only then is it written. So the checkpoint on disk always holds
+    # weights whose loss was finite, even when training diverges right after a save.
+    pending = None
+    saved_step = None
+
+    def write(state=None):
+        nonlocal pending, saved_step
+        pending = None
         if checkpoint is not None and is_main:
-            save_checkpoint(checkpoint, state_dict())
+            state = state_dict() if state is None else state
+            save_checkpoint(checkpoint, state)
+            saved_step = state["step"]
+
+    def hold():
+        nonlocal pending
+        if checkpoint is not None and is_main:
+            pending = copy.deepcopy(state_dict())
 
     from tqdm.auto import tqdm
 
@@ -430,14 +695,22 @@ def fit(
                 batch_bar.close()
                 epoch_bar.close()
                 where = (
-                    f"the last good checkpoint, {checkpoint}, was kept"
+                    f"the last good checkpoint, {checkpoint} (step {saved_step}), was kept"
+                    if checkpoint and saved_step is not None
+                    else "no checkpoint was written yet"
                     if checkpoint
                     else "no checkpoint was asked for"
                 )
+                if not torch.isfinite(x).all():
+                    cause = "this batch's images hold NaN or infinite values (after augmentation)"
+                else:
+                    cause = f"Lower the learning rate (now {r.lr}) or set grad_clip"
                 raise NonFiniteLossError(
                     f"the loss became {loss_value} at step {step} (epoch {epoch + 1}, lr {lr:.2e}); "
-                    f"{where}. Lower the learning rate (now {r.lr}) or set grad_clip."
+                    f"{where}. {cause}."
                 )
+            if pending is not None:  # its weights just gave a finite loss
+                write(pending)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             record = r.grad_norm_every and step % r.grad_norm_every == 0 and is_main
@@ -463,10 +736,12 @@ def fit(
                 postfix["acc"] = f"{100 * run_correct / run_seen:.2f}%"
             batch_bar.set_postfix(postfix, refresh=False)
             batch_bar.update()
-            if checkpoint is not None and step % checkpoint_every == 0:
-                save()
-            if stop_at_step is not None and step >= stop_at_step:
-                save()
+            # At the end of an epoch, saving and stopping wait until its record is appended.
+            epoch_done = step == (epoch + 1) * steps_per_epoch or step == total_steps
+            if checkpoint is not None and step % checkpoint_every == 0 and not epoch_done:
+                hold()
+            if stop_at_step is not None and step >= stop_at_step and not epoch_done:
+                write()
                 batch_bar.close()
                 epoch_bar.close()
                 return history
@@ -484,9 +759,17 @@ def fit(
         history.epochs.append(record)
         run_loss, run_correct, run_seen = 0.0, 0, 0
         epoch_bar.update()
-        save()
+        stopping = stop_at_step is not None and step >= stop_at_step
+        if step >= total_steps or stopping:
+            write()  # the end (or the asked-for stop): no later step will check these weights
+        else:
+            hold()
         if on_epoch_end is not None:
             on_epoch_end(record)
+        if stopping:
+            batch_bar.close()
+            epoch_bar.close()
+            return history
     batch_bar.close()
     epoch_bar.close()
     return history

@@ -3,8 +3,12 @@
 ``zoo.get("mnist-vit")`` returns a trained model. The first call trains it with a fixed recipe
 (progress bars and all) and saves it under ``$VITBOOK_CACHE`` (default ``~/.cache/vitbook/zoo``);
 later calls load it in a second. The file name carries a key made of the recipe and the code
-version (a hash of the vitbook modules the training uses), so changing either retrains instead
-of loading a stale model. A file lock makes two processes that ask at once train it once.
+the entry runs: the source of every vitbook function and class that its build and train
+functions reach, followed through names, closures and default arguments (`code_sources`). So
+changing the recipe or any helper the training calls retrains instead of loading a stale model,
+while a comment or an unrelated function elsewhere leaves the key alone. A file lock makes two
+processes that ask at once train it once; a model already cached is read without the lock, so a
+read-only cache works.
 
 This is what lets every chapter run alone, in any order, in a fresh kernel: a chapter that needs
 "the trained MNIST ViT" asks the zoo instead of depending on chapter 4 having run.
@@ -12,11 +16,18 @@ This is what lets every chapter run alone, in any order, in a fresh kernel: a ch
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib
 import inspect
 import json
-import os
+import pkgutil
+import sys
+import textwrap
 import time
+import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +41,216 @@ from .claims import seed as book_seed
 from .model import ViT, ViTConfig, load_checked
 from .train import evaluate, fit, load_checkpoint, save_checkpoint, seed_everything
 
+PACKAGE = __name__.rpartition(".")[0]  # "vitbook"
+
 PACKAGE_DIR = Path(__file__).parent
 
 
 def cache_dir() -> Path:
-    """``$VITBOOK_CACHE`` or ``~/.cache/vitbook/zoo``."""
-    return Path(os.environ.get("VITBOOK_CACHE", "~/.cache/vitbook/zoo")).expanduser()
+    """``$VITBOOK_CACHE`` or ``~/.cache/vitbook/zoo`` (an empty value or a file is refused)."""
+    return data.folder_from_env("VITBOOK_CACHE", "~/.cache/vitbook/zoo", ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a zoo key hashes: the code an entry runs.
+
+# The zoo's own cache functions: a training that asks the zoo for another model depends on that
+# model's key (through ``Entry.depends``), not on how the cache works.
+_KEY_STOP = frozenset(
+    {"get", "info", "adopt", "is_cached", "names", "_entry", "_ensure", "_train_and_save", "_save"}
+)
+_SIMPLE = (int, float, str, bool, type(None))
+
+
+# Plotting never changes a trained result: figures reached through History.plot are not followed.
+_KEY_SKIP_MODULES = frozenset({f"{PACKAGE}.viz"})
+
+
+def _ours(obj) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    if module in _KEY_SKIP_MODULES:
+        return False
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def _simple(value) -> bool:
+    """A constant whose repr is its value: numbers, strings, and containers of them."""
+    if isinstance(value, _SIMPLE):
+        return True
+    if isinstance(value, tuple | list | set | frozenset):
+        return all(_simple(v) for v in value)
+    if isinstance(value, dict):
+        return all(_simple(k) and _simple(v) for k, v in value.items())
+    return False
+
+
+def _immutable(value) -> bool:
+    if isinstance(value, tuple | frozenset):
+        return all(_immutable(v) for v in value)
+    return isinstance(value, _SIMPLE)
+
+
+def _stable_repr(value) -> str:
+    if isinstance(value, set | frozenset):
+        return "{" + ", ".join(sorted(_stable_repr(v) for v in value)) + "}"
+    return repr(value)
+
+
+def _package_modules() -> set[str]:
+    package = sys.modules[PACKAGE]
+    return {m.name for m in pkgutil.iter_modules(package.__path__)}
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Every global or attribute name a code object and the code nested in it mention."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _references(fn: types.FunctionType, modules: set[str]) -> tuple[list, list[str]]:
+    """What ``fn`` can reach: the objects its names resolve to (in its globals, or as attributes
+    of the vitbook modules it names or imports), its closure and its defaults; and the simple
+    constants among them (UPPER_CASE module constants, closure and default values)."""
+    names = _names(fn.__code__)
+    found, constants = [], []
+    ours_modules = []
+    in_zoo = fn.__globals__.get("__name__") == __name__
+    for name in sorted(names):
+        value = fn.__globals__.get(name)
+        if isinstance(value, types.ModuleType):
+            if value.__name__.startswith(PACKAGE + ".") or value.__name__ == PACKAGE:
+                ours_modules.append(value)
+        elif name in fn.__globals__:
+            if not (in_zoo and name in _KEY_STOP):
+                found.append((name, value))
+        elif name in modules:  # a local ``from .ssl import MAE`` names the module "ssl"
+            ours_modules.append(importlib.import_module(f"{PACKAGE}.{name}"))
+    for module in ours_modules:
+        if module.__name__ in _KEY_SKIP_MODULES:
+            continue
+        for name in sorted(names):
+            if module.__name__ == __name__ and name in _KEY_STOP:
+                continue
+            if name in vars(module) and not isinstance(vars(module)[name], types.ModuleType):
+                found.append((f"{module.__name__}.{name}", vars(module)[name]))
+    objects = []
+    for name, value in found:
+        if _simple(value):
+            short = name.rpartition(".")[2]
+            if short.isupper() and not short.startswith("_"):
+                constants.append(f"{name} = {_stable_repr(value)}")
+        else:
+            objects.append(value)
+    extra = [c.cell_contents for c in (fn.__closure__ or ()) if _cell_full(c)]
+    extra += list(fn.__defaults__ or ()) + list((fn.__kwdefaults__ or {}).values())
+    for value in extra:
+        if _simple(value):  # a list or dict in a closure is state (it changes as code runs)
+            if _immutable(value):
+                constants.append(f"{fn.__qualname__} closure/default {_stable_repr(value)}")
+        else:
+            objects.append(value)
+    return objects, constants
+
+
+def _cell_full(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+_SOURCES: dict[int, tuple[object, str | None]] = {}  # id -> (the object, kept alive; its source)
+
+
+def _source(obj) -> str | None:
+    """The source of the code object that is loaded (cached per object: reading a class's source
+    parses its whole module)."""
+    hit = _SOURCES.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    try:
+        source = _without_comments(inspect.getsource(obj))
+    except (OSError, TypeError):
+        source = None
+    _SOURCES[id(obj)] = (obj, source)
+    return source
+
+
+def _without_comments(source: str) -> str:
+    """The code of ``source`` without its comments, docstrings and layout (its syntax tree),
+    where it parses on its own; a lambda's line that does not is kept as written."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_sources(*roots) -> list[str]:
+    """The source of every vitbook function and class that ``roots`` (functions) reach, followed
+    transitively through the names in their code (globals, module attributes, local imports),
+    their closures and their default arguments, plus the simple constants met on the way;
+    sorted, so that the order of definitions and the lines around them do not matter. The roots
+    themselves are included wherever they are defined; beyond them only vitbook code is
+    followed (torch and other libraries are represented by their version)."""
+    modules = _package_modules()
+    seen: set[int] = set()
+    out: set[str] = set()
+    stack = [(obj, True) for obj in roots]
+    while stack:
+        obj, is_root = stack.pop()
+        if isinstance(obj, functools.partial):
+            stack += [(v, is_root) for v in (obj.func, *obj.args, *obj.keywords.values())]
+            continue
+        if isinstance(obj, staticmethod | classmethod):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            stack += [(f, False) for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
+            continue
+        if inspect.ismethod(obj):
+            obj = obj.__func__
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if inspect.isfunction(obj):
+            inner = inspect.unwrap(obj)  # torch.no_grad() and other decorators
+            if inner is not obj:
+                stack.append((inner, is_root))
+                continue
+            if not (is_root or _ours(obj)):
+                continue
+            if obj.__module__ == __name__ and obj.__name__ in _KEY_STOP:
+                continue
+            source = _source(obj)
+            if source is None:  # generated code (a dataclass's __init__): its class is hashed
+                continue
+            out.add(f"{obj.__module__}: {source}")
+            objects, constants = _references(obj, modules)
+            out.update(f"{obj.__module__}: {c}" for c in constants)
+            stack += [(o, False) for o in objects]
+        elif inspect.isclass(obj):
+            if not _ours(obj):
+                continue
+            out.add(f"{obj.__module__}: {_source(obj)}")
+            stack += [(base, False) for base in obj.__mro__[1:]]
+            stack += [(v, False) for v in vars(obj).values() if not _simple(v)]
+        elif not isinstance(obj, types.ModuleType) and _ours(type(obj)):
+            stack.append((type(obj), False))  # an instance of a vitbook class
+    return sorted(out)
 
 
 @dataclass
@@ -47,6 +262,7 @@ class Entry:
     build: Callable[[], nn.Module] | None  # None for a cached *result* (metrics, no model)
     train: Callable[[nn.Module | None], dict]  # trains in place; returns measured metrics
     recipe: dict  # everything that fixes the result besides the code; part of the key
+    # The vitbook modules the training uses, for readers; the key follows the code itself.
     modules: tuple[str, ...] = ("model", "train", "data", "transforms")
     minutes: float = 2.0  # rough cold training time on 2 CPU cores, for the message
     depends: tuple[str, ...] = field(default_factory=tuple)  # zoo models it starts from
@@ -54,11 +270,11 @@ class Entry:
     def key(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps(self.recipe, sort_keys=True, default=str).encode())
-        h.update(inspect.getsource(self.train).encode())
+        roots = [f for f in (self.build, self.train) if f is not None]
+        for source in code_sources(*roots):
+            h.update(source.encode())
         h.update(str(ZOO_VERSION).encode())
         h.update(f"seed {SEED}".encode())
-        for mod in sorted(self.modules):
-            h.update((PACKAGE_DIR / f"{mod}.py").read_bytes())
         h.update(torch.__version__.encode())
         for dep in self.depends:
             h.update(REGISTRY[dep].key().encode())
@@ -72,7 +288,7 @@ REGISTRY: dict[str, Entry] = {}
 # The seed of every model here: ``$VITBOOK_SEED`` (default 0), read once at import. It is part
 # of every key, so models of different seeds live side by side in one cache.
 SEED = book_seed()
-# Bump when a training helper in this file changes in a way that changes results.
+# Bump to retrain every model at once (the key already follows every helper the training runs).
 ZOO_VERSION = 1
 
 
@@ -96,7 +312,7 @@ def is_cached(name: str) -> bool:
     return _entry(name).path().exists()
 
 
-def _train_and_save(entry: Entry, path: Path) -> None:
+def _train_and_save(entry: Entry, path: Path) -> dict:
     what = "computing" if entry.build is None else "training"
     print(
         f"zoo: {what} {entry.name!r} ({entry.description}); first use, about "
@@ -109,7 +325,17 @@ def _train_and_save(entry: Entry, path: Path) -> None:
     metrics = entry.train(model)
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
     state = model.cpu().eval().state_dict() if model is not None else None
-    _save(entry, path, state, metrics)
+    saved = {"state_dict": state, "metrics": metrics, "recipe": entry.recipe, "key": entry.key()}
+    try:
+        save_checkpoint(path, saved)
+    except OSError as e:  # a full or read-only disk: keep what was just trained
+        warnings.warn(
+            f"zoo: could not cache {entry.name!r} in {path} ({e}). The trained model is used from "
+            f"memory this time and will be trained again next time; free some space or set "
+            f"$VITBOOK_CACHE to a writable folder.",
+            stacklevel=3,
+        )
+    return saved
 
 
 def _save(entry: Entry, path: Path, state: dict | None, metrics: dict) -> None:
@@ -119,16 +345,36 @@ def _save(entry: Entry, path: Path, state: dict | None, metrics: dict) -> None:
     )
 
 
+def _lock(path: Path) -> FileLock:
+    """The lock that makes one process train ``path``; a clear error where the cache is not
+    writable (a model already cached is read without it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as e:
+        raise OSError(
+            e.errno,
+            f"the zoo cache {path.parent} is not writable ({e.strerror or e}), and "
+            f"{path.name} is not in it yet. Set $VITBOOK_CACHE to a writable folder (or copy "
+            f"the cached model into this one).",
+        ) from e
+    return lock
+
+
 def _ensure(name: str, retrain: bool = False) -> dict:
     """Train (or compute) ``name`` if it is not cached, then return its saved state."""
     entry = _entry(name)
     path = entry.path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if retrain and path.exists():
-            path.unlink()
-        if not path.exists():
-            _train_and_save(entry, path)
+    if retrain or not path.exists():  # a cached file is whole (written atomically): read it as is
+        lock = _lock(path)
+        try:
+            if retrain and path.exists():
+                path.unlink()
+            if not path.exists():
+                return _train_and_save(entry, path)
+        finally:
+            lock.release()
     try:
         return load_checkpoint(path)
     except RuntimeError as e:
@@ -173,11 +419,15 @@ def adopt(name: str, model: nn.Module, recipe: dict, metrics: dict | None = None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     load_checked(entry.build(), state, f"the model offered as {name!r}")
     path = entry.path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    if path.exists():
+        return False
+    lock = _lock(path)
+    try:
         if path.exists():
             return False
         _save(entry, path, state, {**(metrics or {}), "adopted": True})
+    finally:
+        lock.release()
     print(f"zoo: cached this model as {name!r} in {path.parent}; later chapters load it")
     return True
 

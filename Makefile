@@ -80,11 +80,13 @@ test: setup
 # cache; every Checks cell records its findings (vitbook.claims), and the table of values,
 # thresholds and smallest margins is written to book/appendix_claims.md. A run is named
 # seed<N>-<kernels>, where kernels `native` leaves torch's own choice for this CPU; pick some with `make claims CLAIMS_RUNS="seed1-avx2"`, keep a run's
-# cache between tries with CLAIMS_FRESH=0, and run a subset of chapters with CLAIMS_NB=...
+# cache between tries with CLAIMS_FRESH=0, run a subset of chapters with CLAIMS_NB=..., and
+# limit torch to N threads (another machine's arithmetic again) with CLAIMS_THREADS=N
 CLAIMS_RUNS ?= seed0-native seed1-avx2 seed2-default
 CLAIMS_DIR ?= $(CURDIR)/_build/claims
 CLAIMS_FRESH ?= 1
 CLAIMS_NB ?= book
+CLAIMS_THREADS ?=
 CLAIMS_TABLE_RUNS ?= $(CLAIMS_RUNS)
 
 claims: setup
@@ -95,7 +97,8 @@ claims: setup
 	  if [ "$$kernels" = native ]; then cap=""; else cap=$$kernels; fi; \
 	  echo "[claims] $$run: VITBOOK_SEED=$$seed ATEN_CPU_CAPABILITY=$$cap, zoo cache $$cache"; \
 	  start=$$(date +%s); \
-	  env $${cap:+ATEN_CPU_CAPABILITY=$$cap} VITBOOK_SEED=$$seed VITBOOK_CACHE=$$cache \
+	  env $${cap:+ATEN_CPU_CAPABILITY=$$cap} $(if $(CLAIMS_THREADS),OMP_NUM_THREADS=$(CLAIMS_THREADS)) \
+	  VITBOOK_SEED=$$seed VITBOOK_CACHE=$$cache \
 	  VITBOOK_CLAIMS=$(CLAIMS_DIR)/$$run.jsonl \
 	    $(PY) -m pytest $(CLAIMS_NB) --nbval-lax --nbval-current-env \
 	    --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -q || failed="$$failed $$run"; \

@@ -83,6 +83,7 @@ class Claims:
             "passed": passed,
             "seed": seed(),
             "kernels": cpu_kernels(),
+            "threads": torch.get_num_threads(),
             "why": why,
         }
         self.results.append(record)
@@ -160,6 +161,18 @@ def table(runs: dict[str, list[dict]]) -> str:
         else:
             smallest = "–"
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {rule} | {smallest} |")
+    lines.append("")
+    for run, records in runs.items():
+        if records:
+            r = records[0]
+            threads = r.get("threads")
+            lines.append(
+                f"- `{run}`: seed {r['seed']}, CPU kernels {r['kernels']}"
+                + (f", {threads} torch thread{'s' if threads != 1 else ''}" if threads else "")
+                + f", {len(records)} findings recorded"
+            )
+        else:
+            lines.append(f"- `{run}`: no findings recorded")
     return "\n".join(lines)
 
 

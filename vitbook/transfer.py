@@ -90,7 +90,9 @@ def finetune_from_probe(
 SSL_FINETUNE = dict(steps=500, lr=5e-4, warmup_epochs=1.0, batch_size=64)
 
 
-def evaluate_encoder(encoder: ViT, fractions=(0.01, 0.1), seed: int = 0) -> dict:
+def evaluate_encoder(
+    encoder: ViT, fractions=(0.01, 0.1), seed: int = 0, fine_tune: bool = True
+) -> dict:
     """The self-supervision chapters' protocol, identical for every encoder. For each fraction
     of the training labels (a class-balanced subset drawn with ``seed``):
 
@@ -99,7 +101,8 @@ def evaluate_encoder(encoder: ViT, fractions=(0.01, 0.1), seed: int = 0) -> dict
     * ``finetune_<f>``: LP-FT on the same images: the probe's head, then every weight trained
       for ``SSL_FINETUNE["steps"]`` steps (`finetune_from_probe`).
 
-    All accuracies are on the 10,000 MNIST test digits."""
+    All accuracies are on the 10,000 MNIST test digits. ``fine_tune=False`` gives the probes
+    alone."""
     train_set, test_set = data.mnist("train"), data.mnist("test")
     fte, yte = extract_features(encoder, test_set)
     out = {}
@@ -108,8 +111,9 @@ def evaluate_encoder(encoder: ViT, fractions=(0.01, 0.1), seed: int = 0) -> dict
         head = probe_head(encoder, subset)
         with torch.no_grad():
             out[f"probe_{frac:g}"] = (head(fte).argmax(1) == yte).float().mean().item()
-        tuned, _ = finetune_from_probe(encoder, subset, seed=seed, **SSL_FINETUNE)
-        out[f"finetune_{frac:g}"] = evaluate(tuned, test_set)["accuracy"]
+        if fine_tune:
+            tuned, _ = finetune_from_probe(encoder, subset, seed=seed, **SSL_FINETUNE)
+            out[f"finetune_{frac:g}"] = evaluate(tuned, test_set)["accuracy"]
     return out
 
 

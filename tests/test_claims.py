@@ -5,6 +5,12 @@ import pytest
 from vitbook import claims
 
 
+@pytest.fixture(autouse=True)
+def _no_claims_file(monkeypatch):
+    """A unit test never writes into the findings file of the run that executes it."""
+    monkeypatch.delenv("VITBOOK_CLAIMS", raising=False)
+
+
 def test_check_passes_records_and_returns_margin(tmp_path, monkeypatch):
     log = tmp_path / "run.jsonl"
     monkeypatch.setenv("VITBOOK_CLAIMS", str(log))

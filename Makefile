@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DATA := $(or $(VITBOOK_DATA),$(HOME)/.cache/vitbook/data)
 FASHION := $(DATA)/debian/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 STATIC := _assets
-CELL_TIMEOUT := 900
+CELL_TIMEOUT := 1800
 
 .PHONY: setup book test claims browser-test lint bench clean help
 

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = load_runs(argv)
     print(page(runs) if as_page else table(runs))
-    failed = [(r["chapter"], r["name"]) for rs in runs.values() for r in rs if not r["passed"]]
+    last = {(run, r["chapter"], r["name"]): r for run, rs in runs.items() for r in rs}
+    failed = [key for key, r in last.items() if not r["passed"]]  # a re-run's last value counts
     if failed:
         print(f"\n{len(failed)} findings failed in some run", file=sys.stderr)
     return 1 if failed else 0

@@ -34,20 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from . import data, hybrid, train, zoo
+from .claims import cpu_name
 from .model import ViT, ViTConfig
 
 RESULTS = Path(__file__).parent.parent / "book" / "appendix_benchmarks.md"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name(platform.processor() or platform.machine())
     return f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 

@@ -176,17 +176,20 @@ def table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """The CPU, core count and torch version, for the page's header."""
-    cpu = "unknown CPU"
+def cpu_name(default: str = "unknown CPU") -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), or ``default``."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return default
+
+
+def machine() -> str:
+    """The CPU, core count and torch version, for the page's header."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 PAGE_INTRO = """\

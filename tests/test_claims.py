@@ -88,3 +88,11 @@ def test_the_seed_is_part_of_every_zoo_key(monkeypatch):
     monkeypatch.setattr(zoo, "SEED", zoo.SEED + 1)
     after = {n: zoo.REGISTRY[n].key() for n in zoo.names()}
     assert all(before[n] != after[n] for n in before)
+
+
+def test_table_shows_both_thresholds_when_a_check_changed_between_runs(tmp_path, monkeypatch):
+    for run, threshold in (("a", 0.975), ("b", 0.98)):
+        monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / f"{run}.jsonl"))
+        claims.Claims("04").check("accuracy", 0.987, above=threshold)
+    text = claims.table(claims.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]))
+    assert "> 0.975 / > 0.98" in text

@@ -147,11 +147,15 @@ def table(runs: dict[str, list[dict]]) -> str:
     lines = [head, "|" + "---|" * (len(names) + 4)]
     for key in sorted(order, key=lambda k: k[0]):
         got = values[key]
-        any_r = next(iter(got.values()))
-        rule = " and ".join(
-            s for s in (f"> {any_r['above']:.4g}" if any_r["above"] is not None else "",
-                        f"< {any_r['below']:.4g}" if any_r["below"] is not None else "") if s
-        )  # fmt: skip
+        rules = []  # a threshold changed between runs shows as "old / new"
+        for r in got.values():
+            rule = " and ".join(
+                s for s in (f"> {r['above']:.4g}" if r["above"] is not None else "",
+                            f"< {r['below']:.4g}" if r["below"] is not None else "") if s
+            )  # fmt: skip
+            if rule not in rules:
+                rules.append(rule)
+        rule = " / ".join(rules)
         cells = []
         for run in names:
             r = got.get(run)

@@ -213,7 +213,7 @@ The thresholds were set from these runs: a finding is asserted only where its ma
 larger than what the runs disagree by; where an effect was smaller, the chapter says so and
 asserts what does hold. A value marked ✗ failed its check in that run.
 
-Reproduce with `make claims` (about half an hour a run on 2 CPU cores); the table below was
+Reproduce with `make claims` (up to an hour a run on 2 CPU cores, most of it training the zoo); the table below was
 written by that command on {machine}.
 """
 

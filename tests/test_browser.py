@@ -122,6 +122,17 @@ def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, serve
             "a[href*='colab.research.google.com']", "els => els.map(e => e.href)"
         )
         assert f"{REPO}{doc}.ipynb" in hrefs, hrefs
+        # no stray object reprs, and the chapter ends with what a learner takes away
+        text = page.inner_text("main")
+        assert "<torch._C.Generator" not in text, "a seed call's return value is on the page"
+        headings = page.eval_on_selector_all("main h2", "els => els.map(e => e.textContent)")
+        for section in ("Key takeaways", "Exercises", "References"):
+            assert any(section in h for h in headings), f"no '{section}' section: {headings}"
+        external = page.eval_on_selector_all(
+            "main a[href^='https://']:not([href*='colab.research.google.com'])",
+            "els => els.length",
+        )
+        assert external > 0, "no external link (the References link the papers)"
     page.close()
 
 

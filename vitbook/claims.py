@@ -69,10 +69,7 @@ class Claims:
             margins.append(below - value)
         margin = min(margins)
         passed = margin > 0
-        rule = " and ".join(
-            s for s in (f"> {above:.4g}" if above is not None else "",
-                        f"< {below:.4g}" if below is not None else "") if s
-        )  # fmt: skip
+        rule = _rule(above, below)
         record = {
             "chapter": self.chapter,
             "name": name,
@@ -102,6 +99,14 @@ class Claims:
             f"{len(self.results)} findings checked (seed {seed()}, CPU kernels {cpu_kernels()}); "
             "all hold"
         )
+
+
+def _rule(above: float | None, below: float | None) -> str:
+    """A threshold as text: "> 0.1", "< 0.5" or "> 0.2 and < 5"."""
+    parts = [f"> {above:.4g}"] if above is not None else []
+    if below is not None:
+        parts.append(f"< {below:.4g}")
+    return " and ".join(parts)
 
 
 def _append(record: dict) -> None:
@@ -149,10 +154,7 @@ def table(runs: dict[str, list[dict]]) -> str:
         got = values[key]
         rules = []  # a threshold changed between runs shows as "old / new"
         for r in got.values():
-            rule = " and ".join(
-                s for s in (f"> {r['above']:.4g}" if r["above"] is not None else "",
-                            f"< {r['below']:.4g}" if r["below"] is not None else "") if s
-            )  # fmt: skip
+            rule = _rule(r["above"], r["below"])
             if rule not in rules:
                 rules.append(rule)
         rule = " / ".join(rules)

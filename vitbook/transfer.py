@@ -12,7 +12,7 @@ import torch
 from . import data
 from .interop import replace_head
 from .metrics import extract_features, fit_linear_probe
-from .model import ViT, ViTConfig
+from .model import ViT, with_config
 from .train import History, evaluate, fit
 
 # Fine-tuning recipe: gentler than training from scratch (lower peak learning rate, short
@@ -70,19 +70,25 @@ def probe_head(encoder: ViT, train_set, num_classes: int = 10) -> torch.nn.Linea
 
 
 def finetune_from_probe(
-    encoder: ViT, train_set, steps: int, seed: int = 0, **recipe
-) -> tuple[ViT, torch.nn.Linear]:
+    encoder: ViT,
+    train_set,
+    steps: int,
+    seed: int = 0,
+    head: torch.nn.Linear | None = None,
+    **recipe,
+) -> ViT:
     """LP-FT (Kumar et al., 2022): fit a linear probe on the frozen features first, start the
     fine-tune from that head, then train every weight. Starting from the probe, the fine-tune
     begins where the probe ends instead of undoing the features with a random head's
-    gradients; a fine-tune that ends below its own probe points at a bad recipe."""
-    head = probe_head(encoder, train_set)
+    gradients; a fine-tune that ends below its own probe points at a bad recipe. ``head``: the
+    probe already fitted on ``train_set`` (`probe_head`), if the caller has it; it is copied,
+    not trained. Returns the fine-tuned copy; ``encoder`` is untouched."""
     model = copy.deepcopy(encoder)
-    model.head = head
-    model.cfg = ViTConfig(**{**model.cfg.to_dict(), "num_classes": head.out_features})
+    model.head = copy.deepcopy(head) if head is not None else probe_head(encoder, train_set)
+    model.cfg = with_config(model, num_classes=model.head.out_features)
     torch.manual_seed(seed)
     tuned, _ = finetune(model, train_set, steps=steps, seed=seed, copy_model=False, **recipe)
-    return tuned, head
+    return tuned
 
 
 # The few-label fine-tuning recipe of the self-supervision chapters: 500 steps of 64 images
@@ -112,7 +118,7 @@ def evaluate_encoder(
         with torch.no_grad():
             out[f"probe_{frac:g}"] = (head(fte).argmax(1) == yte).float().mean().item()
         if fine_tune:
-            tuned, _ = finetune_from_probe(encoder, subset, seed=seed, **SSL_FINETUNE)
+            tuned = finetune_from_probe(encoder, subset, seed=seed, head=head, **SSL_FINETUNE)
             out[f"finetune_{frac:g}"] = evaluate(tuned, test_set)["accuracy"]
     return out
 

@@ -17,7 +17,7 @@ help:
 	@echo "make test          unit tests + nbval on every notebook"
 	@echo "make browser-test  build the book, then check every page in headless Chromium"
 	@echo "make claims        the book's findings over seeds and CPU kernel sets -> book/appendix_claims.md"
-	@echo "make bench         python -m vitbook.bench (measured speed and accuracy tables)"
+	@echo "make bench         python -m vitbook.bench --out book/bench (the appendix's measured tables)"
 	@echo "make lint          ruff and nbstripout checks (what pre-commit runs)"
 
 # --- setup -------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/nbstripout --verify book/*.ipynb
 
 bench: setup
-	$(PY) -m vitbook.bench
+	$(PY) -m vitbook.bench --out book/bench
 
 clean:
 	rm -rf _build $(STATIC)/plotly.min.js $(STATIC)/widgets $(STATIC)/mathjax

@@ -1,10 +1,15 @@
 """The benchmark's reporting (not its timings: those are never asserted in tests)."""
 
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import torch
 
 from vitbook import bench
+from vitbook.bench import __main__ as cli
+from vitbook.recipes import benchmarks, mnist_config
 
 
 def heading_levels(text):
@@ -43,36 +48,26 @@ def test_format_throughput_lists_every_contender_with_its_ratios():
     assert "took 4 s" in text
 
 
-def test_write_section_replaces_its_own_block_and_keeps_headings_consecutive(tmp_path, monkeypatch):
-    page = tmp_path / "appendix.md"
-    page.write_text("# Benchmarks\n\nIntro.\n")
-    monkeypatch.setattr(bench, "RESULTS", page)
-    bench.write_section("best", "## Best accuracy\n\nfirst")
-    bench.write_section("throughput", "## Throughput\n\nx")
-    bench.write_section("best", "## Best accuracy\n\nsecond")
-    text = page.read_text()
-    assert "first" not in text and text.count("## Best accuracy") == 1 and "second" in text
-    assert text.index("second") < text.index("Throughput")  # replaced in place, not re-appended
-    levels = heading_levels(text)
-    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:]))
-
-
-def test_bench_writes_its_sections_one_level_under_the_pages_title(tmp_path, monkeypatch):
+def test_bench_writes_each_part_to_its_file_one_level_under_the_pages_title(tmp_path, monkeypatch):
     # The book builds with warnings as errors; a jump from "#" to "###" is a MyST warning.
-    page = tmp_path / "appendix.md"
-    page.write_text("# Benchmarks\n\nIntro.\n")
-    monkeypatch.setattr(bench, "RESULTS", page)
-    monkeypatch.setattr(bench, "time_to_accuracy", lambda target: fake_accuracy())
-    bench.main(["--only", "time-to-98.5", "--write"])
-    text = page.read_text()
-    assert heading_levels(text) == [1, 2]
-    section = text[text.index("## Time to 98.5%") :]
-    assert section.index("Measured on") < section.index("**chapter-4 recipe**")
+    monkeypatch.setattr(benchmarks, "chapter4_time_to_accuracy", lambda: fake_accuracy())
+    cli.main(["--only", "time-to-98.5", "--out", str(tmp_path)])
+    text = (tmp_path / "time-to-98.5.md").read_text()
+    assert heading_levels(text) == [2]
+    assert text.index("Measured on") < text.index("**chapter-4 recipe**")
+
+
+def test_the_appendix_includes_every_part_the_bench_writes():
+    book = Path(__file__).parent.parent / "book"
+    page = (book / "appendix_benchmarks.md").read_text()
+    for part in cli.PARTS:
+        assert f"```{{include}} bench/{part}.md" in page, part
+        assert heading_levels((book / "bench" / f"{part}.md").read_text())[0] == 2, part
 
 
 def test_bench_cli_rejects_an_unknown_part(capsys):
     with pytest.raises(SystemExit):
-        bench.main(["--only", "nonsense"])
+        cli.main(["--only", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -81,94 +76,52 @@ def test_best_hybrid_part_builds_the_hybrid_it_reports(tmp_path, monkeypatch):
 
     built = []
 
-    def fake_run(target, recipe, cfg, build, ema_decay):
-        built.append(build(cfg))
-        assert ema_decay == bench.BEST_HYBRID_EMA
-        return dict(fake_accuracy(reached=False), target=target, recipe=recipe)
+    def fake_run(target, recipe, build, load_data, augmentation):
+        built.append(build())
+        assert recipe.ema_decay == 0.9995
+        return dict(fake_accuracy(reached=False), target=target, recipe=recipe.to_dict())
 
-    page = tmp_path / "appendix.md"
-    page.write_text("# Benchmarks\n")
-    monkeypatch.setattr(bench, "RESULTS", page)
-    monkeypatch.setattr(bench, "time_to_accuracy", fake_run)
-    bench.main(["--only", "best-hybrid", "--write"])
+    monkeypatch.setattr(benchmarks, "time_to_accuracy", fake_run)
+    cli.main(["--only", "best-hybrid", "--out", str(tmp_path)])
     (model,) = built
-    assert isinstance(model, HybridViT) and model.patch_embed.stem == bench.BEST_HYBRID_STEM
-    assert model.cfg.to_dict() == bench.BEST_HYBRID_CONFIG
-    text = page.read_text()
-    assert heading_levels(text) == [1, 2] and "## Best accuracy, hybrid ViT" in text
+    assert isinstance(model, HybridViT) and model.patch_embed.stem == benchmarks.BEST_HYBRID_STEM
+    assert model.cfg == benchmarks.BEST_HYBRID_CONFIG
+    text = (tmp_path / "best-hybrid.md").read_text()
+    assert heading_levels(text) == [2] and "## Best accuracy, hybrid ViT" in text
     assert "did **not** reach 99.6%" in text and '"stem (channels, stride)"' in text
-    assert bench.BEST_HYBRID_RECIPE["epochs"] <= 15  # the target's epoch limit
+    assert benchmarks.BEST_HYBRID_RECIPE.epochs <= 15  # the target's epoch limit
 
 
 def test_best_hybrid_seed_replaces_only_the_seed(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench, "time_to_accuracy", lambda *a, **k: seen.append(a[1]) or {})
-    bench.best_hybrid_accuracy(seed=1)
-    bench.best_hybrid_accuracy()
-    assert seen[0] == {**bench.BEST_HYBRID_RECIPE, "seed": 1}
-    assert seen[1] == bench.BEST_HYBRID_RECIPE and bench.BEST_HYBRID_RECIPE["seed"] == 0
-
-
-def test_weight_average_blends_weights_and_batchnorm_statistics():
-    torch = pytest.importorskip("torch")
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    avg = bench.WeightAverage(net, decay=0.1)  # below the warm-up's first 2/11: d = 0.1
-    before = {k: v.clone() for k, v in avg.module.state_dict().items()}
-    with torch.no_grad():
-        net[0].weight.add_(1.0)
-    net.train()(torch.randn(8, 3))  # moves BatchNorm's running statistics and its counter
-    avg.update()
-    now = net.state_dict()
-    for name, value in avg.module.state_dict().items():
-        if value.is_floating_point():
-            assert torch.allclose(value, 0.1 * before[name] + 0.9 * now[name]), name
-        else:
-            assert torch.equal(value, now[name]), name
-    assert not torch.equal(avg.module[0].weight, net[0].weight)  # a copy, not the same tensor
-    assert not any(p.requires_grad for p in avg.module.parameters())
-
-
-def test_weight_average_forgets_the_untrained_start():
-    """The bug the warm-up fixes: BatchNorm's running variance starts at 1 and ends far lower;
-    a plain 0.9995 average kept 0.9995**t of the 1 and its model predicted one class."""
-    torch = pytest.importorskip("torch")
-    bn = torch.nn.BatchNorm1d(4)
-    avg = bench.WeightAverage(bn, decay=0.9995)
-    with torch.no_grad():
-        bn.running_var.fill_(0.02)
-    for _ in range(100):
-        avg.update()
-    # what is left of the start is the product of (1 + t) / (10 + t): about 1e-11 after 100
-    assert torch.allclose(avg.module.running_var, torch.full((4,), 0.02), rtol=1e-6)
-
-
-@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
-def test_weight_average_rejects_a_decay_outside_0_1(decay):
-    torch = pytest.importorskip("torch")
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        bench.WeightAverage(torch.nn.Linear(2, 2), decay)
+    monkeypatch.setattr(benchmarks, "time_to_accuracy", lambda *a, **k: seen.append(a[1]) or {})
+    benchmarks.best_hybrid_accuracy(seed=1)
+    benchmarks.best_hybrid_accuracy()
+    assert seen[0] == replace(benchmarks.BEST_HYBRID_RECIPE, seed=1)
+    assert seen[1] == benchmarks.BEST_HYBRID_RECIPE and benchmarks.BEST_HYBRID_RECIPE.seed == 0
 
 
 def test_format_accuracy_names_the_weight_average_and_the_trained_weights():
     res = dict(fake_accuracy(), ema_decay=0.9995, per_epoch_trained_weights=[(1, 0.96), (2, 0.98)])
     text = bench.format_accuracy(res, "r")
     assert "moving average of the weights (decay 0.9995" in text
-    assert "the trained weights themselves scored: 1: 96.00%, 2: 98.00%." in text
+    assert "| epoch | test accuracy | seconds since start | trained weights |" in text
+    assert "| 1 | 97.00% | 10 | 96.00% |" in text and "| 2 | 98.76% | 20 | 98.00% |" in text
 
 
-def test_time_to_accuracy_judges_the_weight_average_when_asked(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from vitbook import zoo
+def test_time_to_accuracy_judges_the_weight_average_when_asked():
     from vitbook.hybrid import HybridViT
+    from vitbook.train import Recipe
 
     g = torch.Generator().manual_seed(0)
     tiny = (torch.rand(64, 1, 28, 28, generator=g), torch.arange(64) % 10)
-    monkeypatch.setattr(bench.data, "mnist", lambda split: tiny)
-    cfg = zoo.mnist_config(patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
-    recipe = dict(zoo.MNIST_RECIPE, epochs=2, batch_size=32, augment=False)
-    res = bench.time_to_accuracy(2.0, recipe, cfg, build=HybridViT, ema_decay=0.5)
+    cfg = mnist_config(patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
+    recipe = Recipe(epochs=2, batch_size=32, ema_decay=0.5)
+    res = bench.time_to_accuracy(2.0, recipe, lambda: HybridViT(cfg), lambda: (tiny, tiny))
     assert not res["reached"] and [e for e, _, _ in res["per_epoch"]] == [1, 2]
     assert res["ema_decay"] == 0.5 and len(res["per_epoch_trained_weights"]) == 2
     assert res["final_accuracy"] == res["per_epoch"][-1][1]
-    plain = bench.time_to_accuracy(2.0, recipe, cfg, build=HybridViT)
+    plain = bench.time_to_accuracy(
+        2.0, replace(recipe, ema_decay=None), lambda: HybridViT(cfg), lambda: (tiny, tiny)
+    )
     assert "ema_decay" not in plain and len(plain["per_epoch"]) == 2

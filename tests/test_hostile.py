@@ -17,8 +17,15 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vitbook import data, interop, train, zoo
+from vitbook import (
+    data,
+    interop,
+    recipes,  # noqa: F401  (registers the book's zoo entries)
+    train,
+    zoo,
+)
 from vitbook.model import CheckpointMismatchError, ViT, preset
+from vitbook.transforms import DigitAugment
 
 # ---------------------------------------------------------------------------------------------
 # Model: configurations
@@ -275,7 +282,12 @@ def tiny(seed=0, **cfg):
 
 
 def fit(model, tr, va=None, **kw):
-    return train.fit(model, tr, va, progress=False, **{**RECIPE, **kw})
+    """train.fit with the tests' recipe, the digit augmentation, and some fields or loop options
+    changed."""
+    fields = {k: v for k, v in kw.items() if k in train.Recipe.__dataclass_fields__ or k == "lrr"}
+    loop = {k: v for k, v in kw.items() if k not in fields}
+    recipe = {**RECIPE, **fields}
+    return train.fit(model, tr, va, recipe, progress=False, augmentation=DigitAugment(), **loop)
 
 
 @pytest.mark.parametrize(
@@ -665,12 +677,15 @@ def test_the_zoo_key_follows_a_changed_helper_and_ignores_comments_and_unrelated
 @pytest.mark.parametrize(
     "entry,module,helper",
     [
-        ("mnist-vit", "zoo", "train_mnist_classifier"),
-        ("student-plain", "zoo", "student_train_set"),
+        ("mnist-vit", "recipes.classifiers", "train_mnist_classifier"),
+        ("student-plain", "recipes.students", "student_train_set"),
         ("student-soft", "data", "few_per_class"),
         ("mnist-mae", "ssl", "mae_loss_fn"),
         ("fashion-vit", "train", "evaluate"),
-        ("vit-mixed-digits", "zoo", "training_source"),
+        ("vit-mixed-digits", "recipes.synthetic_digits", "training_source"),
+        ("student-soft", "distill", "student_loss_fn"),
+        ("ssl-eval", "recipes.selfsup", "evaluate_encoder"),
+        ("mnist-ijepa", "ema", "blend_"),
     ],
 )
 def test_a_changed_training_helper_changes_the_zoo_key(
@@ -678,6 +693,11 @@ def test_a_changed_training_helper_changes_the_zoo_key(
 ):
     target = importlib.import_module(f"vitbook.{module}")
     original = getattr(target, helper)
+    # an edit of the helper's source reaches every module that imported it by name
+    holders = [
+        m for n, m in list(sys.modules.items())
+        if n.startswith("vitbook") and getattr(m, helper, None) is original
+    ]  # fmt: skip
     before = zoo.REGISTRY[entry].key()
     changed = _vitbook_module(
         tmp_path,
@@ -685,9 +705,11 @@ def test_a_changed_training_helper_changes_the_zoo_key(
         f"def {helper}(*args, **kwargs):\n    return 'changed'\n",
     )
     try:
-        monkeypatch.setattr(target, helper, getattr(changed, helper))
+        for m in holders:
+            monkeypatch.setattr(m, helper, getattr(changed, helper))
         assert zoo.REGISTRY[entry].key() != before
-        monkeypatch.setattr(target, helper, original)
+        for m in holders:
+            monkeypatch.setattr(m, helper, original)
         assert zoo.REGISTRY[entry].key() == before
     finally:
         sys.modules.pop("vitbook._hk_helper", None)
@@ -696,7 +718,8 @@ def test_a_changed_training_helper_changes_the_zoo_key(
 @pytest.mark.parametrize(
     "module,name",
     [
-        ("zoo", "few_real_labels"),
+        ("recipes.synthetic_digits", "few_real_labels"),
+        ("recipes.benchmarks", "best_accuracy"),
         ("viz", "plot_history"),
         ("interop", "resize_model"),
         ("zoo", "get"),

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitbook import zoo
 from vitbook.hybrid import ConvStem, HybridViT
 from vitbook.model import ViT
+from vitbook.recipes import mnist_config
 
 
 def small_cfg(**overrides):
-    return zoo.mnist_config(**{"patch_size": 4, "dim": 32, "depth": 2, "mlp_dim": 64, **overrides})
+    return mnist_config(**{"patch_size": 4, "dim": 32, "depth": 2, "mlp_dim": 64, **overrides})
 
 
 def test_stem_makes_the_plain_vits_token_grid():

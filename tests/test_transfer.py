@@ -1,12 +1,12 @@
 import torch
 from conftest import tiny_config
 
-from vitbook import transfer
+from vitbook import recipes, transfer
 from vitbook.model import ViT
 
 
 def test_open_set_task_labels_and_held_out_unknowns():
-    sets = transfer.open_set(fashion_test=100)
+    sets = recipes.open_set(fashion_test=100)
     tr = sets["train"]
     counts = torch.bincount(tr.labels, minlength=3)
     assert counts[2] == (counts[0] + counts[1]) // 2  # as many unknowns as an average known digit
@@ -20,7 +20,7 @@ def test_relabel_maps_known_digits_and_everything_else_to_unknown():
     from vitbook import data
 
     ds = data.ImageDataset(torch.zeros(5, 28, 28, dtype=torch.uint8), torch.tensor([3, 8, 0, 6, 3]))
-    assert transfer.relabel(ds).labels.tolist() == [0, 1, 2, 2, 0]
+    assert transfer.relabel(ds, (3, 8)).labels.tolist() == [0, 1, 2, 2, 0]
 
 
 def test_unknown_scores_rank_an_unsure_prediction_above_a_sure_one():

@@ -78,12 +78,10 @@ def test_history_and_grad_flow_plots_draw(tmp_path):
         model,
         data.mnist("test").subset(range(256)),
         data.mnist("test").subset(range(256, 384)),
-        epochs=2,
-        batch_size=64,
+        dict(epochs=2, batch_size=64, grad_norm_every=1),
         progress=False,
-        grad_norm_every=1,
     )
-    for fig in (h.plot(), h.plot_grad_flow()):
+    for fig in (viz.plot_history(h), viz.plot_grad_flow(h)):
         fig.savefig(tmp_path / "f.png")
         assert len(fig.axes) >= 2
 

@@ -2,7 +2,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vitbook import zoo
+from vitbook import (
+    recipes,  # noqa: F401  (registers the book's zoo entries)
+    zoo,
+)
 from vitbook.model import ViT
 
 

@@ -12,14 +12,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .loops import evaluating, model_device
+
 
 @torch.no_grad()
 def attention_maps(model, x: torch.Tensor) -> torch.Tensor:
-    """All attention weights of ``model`` on images ``x``, stacked: (L, B, nh, T, T)."""
-    was_training = model.training
-    model.eval()
-    _, maps = model(x, return_attn=True)
-    model.train(was_training)
+    """All attention weights of ``model`` on images ``x``, stacked: (L, B, nh, T, T), computed
+    where the model is and returned there."""
+    with evaluating(model):
+        _, maps = model(x.to(model_device(model)), return_attn=True)
     return torch.stack(maps)
 
 
@@ -61,7 +62,7 @@ def mean_attention_distance(maps: torch.Tensor, grid: int, patch_size: int) -> t
     each row renormalised over the patches. (L, B, nh, T, T) -> (L, nh)."""
     patch_maps = maps[..., 1:, 1:]  # (L, B, nh, N, N)
     patch_maps = patch_maps / patch_maps.sum(dim=-1, keepdim=True)
-    dist = patch_distances(grid, patch_size).to(maps.dtype)  # (N, N)
+    dist = patch_distances(grid, patch_size).to(maps.device, maps.dtype)  # (N, N)
     per_query = (patch_maps * dist).sum(dim=-1)  # (L, B, nh, N)
     return per_query.mean(dim=(1, 3))  # (L, nh)
 

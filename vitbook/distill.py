@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .loops import model_device
 from .model import ViT, ViTConfig
 
 
@@ -99,6 +100,8 @@ def student_loss_fn(teacher: nn.Module, kind: str, alpha: float = 0.5, tau: floa
     teacher.eval().requires_grad_(False)
 
     def loss_fn(model, x, y):
+        if model_device(teacher) != x.device:  # the teacher works where the batch is
+            teacher.to(x.device)
         with torch.no_grad():
             t = teacher(x)
         if isinstance(model, DistilledViT) or isinstance(

@@ -12,20 +12,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .train import as_tensors
+from .loops import as_tensors, evaluating, model_device
 
 
 @torch.no_grad()
 def extract_features(
     model: nn.Module, data, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled representation ``model.features(x)`` (B, D) of every image, and the labels."""
+    """The pooled representation ``model.features(x)`` (B, D) of every image, computed where the
+    model is, and the labels; both on the CPU."""
     x, y = as_tensors(data)
-    was = model.training
-    model.eval()
-    feats = torch.cat([model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    model.train(was)
-    return feats, y
+    device = model_device(model)
+    with evaluating(model):
+        feats = [
+            model.features(x[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    return torch.cat(feats), y
 
 
 def fit_linear_probe(
@@ -43,12 +46,12 @@ def fit_linear_probe(
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     xtr = (train_feats - mean) / std
     k = int(train_labels.max()) + 1 if num_classes is None else num_classes
-    w = (torch.randn(xtr.shape[1], k, generator=g) * 0.01).requires_grad_()
-    b = torch.zeros(k, requires_grad=True)
+    w = (torch.randn(xtr.shape[1], k, generator=g) * 0.01).to(xtr.device).requires_grad_()
+    b = torch.zeros(k, device=xtr.device, requires_grad=True)  # where the features are
     opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(epochs):
-            loss = F.cross_entropy(xtr @ w + b, train_labels)
+            loss = F.cross_entropy(xtr @ w + b, train_labels.to(xtr.device))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -19,11 +19,14 @@ from __future__ import annotations
 import copy
 import math
 import random
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ema import blend_
+from .loops import evaluating, model_device
 from .model import Block, ViT, ViTConfig, patchify, sincos_pos_embed, unpatchify
 
 # ---------------------------------------------------------------------------------------------
@@ -77,15 +80,8 @@ class MAE(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.norm_eps = norm_eps
-        dec = ViTConfig(
-            **{
-                **cfg.to_dict(),
-                "dim": decoder_dim,
-                "heads": decoder_heads,
-                "mlp_dim": 2 * decoder_dim,
-                "depth": decoder_depth,
-                "fused_attn": cfg.fused_attn,
-            }
+        dec = replace(
+            cfg, dim=decoder_dim, heads=decoder_heads, mlp_dim=2 * decoder_dim, depth=decoder_depth
         )
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -144,17 +140,15 @@ class MAE(nn.Module):
         ``norm_pix_loss``), with no information from the hidden patches used to score it.
         Returns the model's error and that of the trivial prediction 0 (each hidden patch flat
         at its own mean in the normalised space; the error of knowing nothing)."""
-        was = self.training
-        self.eval()
         err = base = count = 0.0
-        for i in range(0, len(imgs), batch_size):
-            x = imgs[i : i + batch_size]
-            _, pred, mask = self(x, mask_ratio)
-            target = self.targets(x)
-            err += (((pred - target) ** 2).mean(dim=-1) * mask).sum().item()
-            base += ((target**2).mean(dim=-1) * mask).sum().item()
-            count += mask.sum().item()
-        self.train(was)
+        with evaluating(self):
+            for i in range(0, len(imgs), batch_size):
+                x = imgs[i : i + batch_size].to(model_device(self))
+                _, pred, mask = self(x, mask_ratio)
+                target = self.targets(x)
+                err += (((pred - target) ** 2).mean(dim=-1) * mask).sum().item()
+                base += ((target**2).mean(dim=-1) * mask).sum().item()
+                count += mask.sum().item()
         return {"model": err / count, "predict 0": base / count}
 
     @torch.no_grad()
@@ -164,10 +158,10 @@ class MAE(nn.Module):
         back with each true patch's mean and spread, as in the MAE paper's figures: the picture
         borrows the hidden patches' true brightness and contrast, so it flatters the model. Use
         `hidden_error` to measure, not these images."""
-        was = self.training
-        self.eval()
-        _, pred, mask = self(imgs, mask_ratio)
-        self.train(was)
+        with evaluating(self):
+            _, pred, mask = self(imgs.to(model_device(self)), mask_ratio)
+        pred, mask = pred.float().cpu(), mask.cpu()  # the pictures are drawn on the CPU
+        imgs = imgs.cpu()
         cfg = self.encoder.cfg
         p, C = cfg.patch_size, cfg.in_channels
         true = patchify(imgs, p)
@@ -256,9 +250,7 @@ class Predictor(nn.Module):
 
     def __init__(self, cfg: ViTConfig, dim: int = 32, depth: int = 2, heads: int = 4):
         super().__init__()
-        pcfg = ViTConfig(
-            **{**cfg.to_dict(), "dim": dim, "heads": heads, "mlp_dim": 2 * dim, "depth": depth}
-        )
+        pcfg = replace(cfg, dim=dim, heads=heads, mlp_dim=2 * dim, depth=depth)
         self.embed = nn.Linear(cfg.dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer(
@@ -335,8 +327,7 @@ class IJEPA(nn.Module):
         """EMA step: target <- m * target + (1 - m) * context encoder, with m rising linearly
         from ema[0] to ema[1] over training (``progress`` in [0, 1]). Returns m."""
         m = self.ema[0] + (self.ema[1] - self.ema[0]) * min(1.0, max(0.0, progress))
-        for pt, pc in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            pt.mul_(m).add_(pc.detach(), alpha=1 - m)
+        blend_(self.target_encoder, self.encoder, 1 - m)  # the same update as `WeightAverage`
         return m
 
 
@@ -357,10 +348,8 @@ def collapse_stats(encoder: ViT, x: torch.Tensor) -> dict[str, float]:
     Collapse is features that do not vary across images. A spread taken over images *and*
     tokens together would count the position embeddings as variety: an encoder blind to the
     image would score high on it (see `image_blind`)."""
-    was = encoder.training
-    encoder.eval()
-    f = encoder.features(x).double()  # (B, D)
-    encoder.train(was)
+    with evaluating(encoder), torch.no_grad():
+        f = encoder.features(x.to(model_device(encoder))).double()  # (B, D)
     spread = f.std(dim=0).mean().item()
     eig = torch.linalg.eigvalsh(torch.cov(f.T)).clamp(min=0)  # (D,)
     total = eig.sum()
@@ -376,7 +365,7 @@ def token_spread(encoder: ViT, x: torch.Tensor) -> float:
     images and patch tokens together, averaged over dimensions. Position embeddings differ
     between tokens, so an encoder that ignores the image still scores well on it."""
     with torch.no_grad():
-        h, _ = encoder.forward_features(x)
+        h, _ = encoder.forward_features(x.to(model_device(encoder)))
     return h[:, 1:].flatten(0, 1).std(dim=0).mean().item()
 
 

@@ -11,14 +11,15 @@ import torch
 
 from . import data
 from .interop import replace_head
+from .loops import model_device
 from .metrics import extract_features, fit_linear_probe
 from .model import ViT, with_config
-from .train import History, evaluate, fit
+from .train import History, fit
 
 # Fine-tuning recipe: gentler than training from scratch (lower peak learning rate, short
 # warm-up), no label smoothing so that probabilities stay calibrated for open-set scores.
 FINETUNE_RECIPE = dict(
-    lr=1e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, batch_size=64, augment=True
+    lr=1e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.0, batch_size=64
 )
 
 
@@ -29,13 +30,16 @@ def finetune(
     num_classes: int | None = None,
     steps: int | None = None,
     copy_model: bool = True,
+    augmentation=None,
+    progress: bool = False,
     **recipe,
 ) -> tuple[ViT, History]:
-    """Fine-tune ``model`` (all weights) on ``train_set``, with a fresh zero-initialised head
-    when ``num_classes`` is given. ``steps`` sets the length in optimizer steps (so label budgets
-    of different sizes train equally long); otherwise ``epochs`` from the recipe.
-    Returns (the fine-tuned model, its history); the original is untouched unless
-    ``copy_model=False``."""
+    """Fine-tune ``model`` (all weights) on ``train_set`` where the model is, with a fresh
+    zero-initialised head when ``num_classes`` is given. ``steps`` sets the length in optimizer
+    steps (so label budgets of different sizes train equally long); otherwise ``epochs`` from
+    the recipe. ``recipe``: `vitbook.train.Recipe` fields over `FINETUNE_RECIPE`;
+    ``augmentation``: as in `fit` (none unless given). Returns (the fine-tuned model, its
+    history); the original is untouched unless ``copy_model=False``."""
     m = copy.deepcopy(model) if copy_model else model
     if num_classes is not None:
         replace_head(m, num_classes)
@@ -44,9 +48,7 @@ def finetune(
         per_epoch = max(1, len(train_set) // r["batch_size"])
         r["epochs"] = steps / per_epoch
         r["warmup_epochs"] = min(r["warmup_epochs"], r["epochs"] / 4)
-    r.setdefault("progress", False)
-    progress = r.pop("progress")
-    history = fit(m, train_set, val_set, progress=progress, **r)
+    history = fit(m, train_set, val_set, r, augmentation=augmentation, progress=progress)
     return m.eval(), history
 
 
@@ -84,112 +86,31 @@ def finetune_from_probe(
     probe already fitted on ``train_set`` (`probe_head`), if the caller has it; it is copied,
     not trained. Returns the fine-tuned copy; ``encoder`` is untouched."""
     model = copy.deepcopy(encoder)
-    model.head = copy.deepcopy(head) if head is not None else probe_head(encoder, train_set)
+    head = copy.deepcopy(head) if head is not None else probe_head(encoder, train_set)
+    model.head = head.to(model_device(model))  # the probe is fitted on the CPU
     model.cfg = with_config(model, num_classes=model.head.out_features)
     torch.manual_seed(seed)
     tuned, _ = finetune(model, train_set, steps=steps, seed=seed, copy_model=False, **recipe)
     return tuned
 
 
-# The few-label fine-tuning recipe of the self-supervision chapters: 500 steps of 64 images
-# (53 passes over 1% of MNIST, 5 over 10%), from the probe's head, at a gentle learning rate.
-SSL_FINETUNE = dict(steps=500, lr=5e-4, warmup_epochs=1.0, batch_size=64)
-
-
-def evaluate_encoder(
-    encoder: ViT, fractions=(0.01, 0.1), seed: int = 0, fine_tune: bool = True
-) -> dict:
-    """The self-supervision chapters' protocol, identical for every encoder. For each fraction
-    of the training labels (a class-balanced subset drawn with ``seed``):
-
-    * ``probe_<f>``: a linear probe (logistic regression on frozen pooled features) trained on
-      those labelled images;
-    * ``finetune_<f>``: LP-FT on the same images: the probe's head, then every weight trained
-      for ``SSL_FINETUNE["steps"]`` steps (`finetune_from_probe`).
-
-    All accuracies are on the 10,000 MNIST test digits. ``fine_tune=False`` gives the probes
-    alone."""
-    train_set, test_set = data.mnist("train"), data.mnist("test")
-    fte, yte = extract_features(encoder, test_set)
-    out = {}
-    for frac in fractions:
-        subset = label_budget(train_set, frac, seed)
-        head = probe_head(encoder, subset)
-        with torch.no_grad():
-            out[f"probe_{frac:g}"] = (head(fte).argmax(1) == yte).float().mean().item()
-        if fine_tune:
-            tuned = finetune_from_probe(encoder, subset, seed=seed, head=head, **SSL_FINETUNE)
-            out[f"finetune_{frac:g}"] = evaluate(tuned, test_set)["accuracy"]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
-# Two classes plus "unknown" (chapter 8)
-
-KNOWN = (3, 8)  # the two digits the classifier must name
-UNKNOWN_TRAIN = (0, 1, 2, 4, 5)  # digits it is shown as examples of "unknown"
-UNKNOWN_HELD_OUT = (6, 7, 9)  # digits it never sees in training, only at test time
-OPEN_SET_CLASSES = ("3", "8", "unknown")
+# Known classes plus "unknown" (the chapter-8 task itself is in vitbook.recipes.classifiers)
 
 
-def relabel(ds: data.ImageDataset, known=KNOWN) -> data.ImageDataset:
-    """Digits -> open-set labels: the i-th known digit -> i, everything else -> len(known)."""
+def relabel(ds: data.ImageDataset, known) -> data.ImageDataset:
+    """Classes -> open-set labels: the i-th ``known`` class -> i, everything else ->
+    len(known), named "unknown"."""
     labels = torch.full_like(ds.labels, len(known))
     for i, digit in enumerate(known):
         labels[ds.labels == digit] = i
-    return data.ImageDataset(ds.images, labels, OPEN_SET_CLASSES, ds.name + "-open-set")
+    classes = (*(str(k) for k in known), "unknown")
+    return data.ImageDataset(ds.images, labels, classes, ds.name + "-open-set")
 
 
 def select(ds: data.ImageDataset, digits) -> data.ImageDataset:
     keep = torch.isin(ds.labels, torch.tensor(list(digits)))
     return ds.subset(keep.nonzero().flatten())
-
-
-def open_set(
-    known=KNOWN,
-    unknown_train=UNKNOWN_TRAIN,
-    unknown_held_out=UNKNOWN_HELD_OUT,
-    fashion_test: int = 2000,
-    seed: int | None = None,
-) -> dict:
-    """The chapter-8 task. Returns datasets labelled 0 = first known digit, 1 = second,
-    2 = unknown:
-
-    * ``train``: every training image of the known digits, plus as many images of the
-      ``unknown_train`` digits as there are of an average known digit;
-    * ``test``: the test images of the known and of the ``unknown_train`` digits;
-    * ``novel_digits``: test images of the ``unknown_held_out`` digits (never in training);
-    * ``novel_fashion``: ``fashion_test`` Fashion-MNIST test images (never in training).
-
-    ``seed`` (default: the book's, :func:`vitbook.claims.seed`) draws the unknown training
-    examples and the Fashion-MNIST images."""
-    from .claims import seed as book_seed
-
-    g = torch.Generator().manual_seed(book_seed() if seed is None else seed)
-    train_all, test_all = data.mnist("train"), data.mnist("test")
-    known_train = select(train_all, known)
-    unknown_pool = select(train_all, unknown_train)
-    n_unknown = len(known_train) // len(known)
-    unknown_part = unknown_pool.subset(torch.randperm(len(unknown_pool), generator=g)[:n_unknown])
-    train = data.ImageDataset(
-        torch.cat([known_train.images, unknown_part.images]),
-        torch.cat([known_train.labels, unknown_part.labels]),
-        name="mnist-train",
-    )
-    fashion = data.fashion_mnist("test")
-    fashion_part = fashion.subset(torch.randperm(len(fashion), generator=g)[:fashion_test])
-    novel_fashion = data.ImageDataset(
-        fashion_part.images,
-        torch.full((len(fashion_part),), len(known)),
-        OPEN_SET_CLASSES,
-        "fashion-test",
-    )
-    return {
-        "train": relabel(train, known),
-        "test": relabel(select(test_all, (*known, *unknown_train)), known),
-        "novel_digits": relabel(select(test_all, unknown_held_out), known),
-        "novel_fashion": novel_fashion,
-    }
 
 
 def unknown_scores(logits: torch.Tensor, unknown_index: int = 2) -> dict[str, torch.Tensor]:

@@ -1,0 +1,40 @@
+"""The book's experiments: its model configurations, training recipes and zoo entries.
+
+Importing this package registers every trained model the chapters share with the cache in
+`vitbook.zoo`, so that ``zoo.get("mnist-vit")`` can train it on first use. The library modules
+(`vitbook.model`, `vitbook.train`, `vitbook.data`, ...) know nothing of these experiments; this
+package imports them and the zoo, never the reverse.
+
+* `classifiers`: the chapter-4 MNIST ViT and its variants, the Fashion-MNIST "pretrained" model,
+  and the chapter-8 task (two digits plus "unknown");
+* `selfsup`: MAE and I-JEPA pretraining and the protocol that compares encoders (chs. 10-11);
+* `students`: the CNN teacher and the distilled ViT students (ch. 12);
+* `synthetic_digits`: the ViT trained on synthetic, real and mixed digits (ch. 13);
+* `benchmarks`: the best-accuracy recipes that ``python -m vitbook.bench`` runs.
+"""
+
+from .classifiers import (  # noqa: F401
+    FASHION_RECIPE,
+    KNOWN,
+    MNIST_RECIPE,
+    OPEN_SET_CLASSES,
+    SEED,
+    UNKNOWN_HELD_OUT,
+    UNKNOWN_TRAIN,
+    mnist_config,
+    open_set,
+    train_mnist_classifier,
+)
+from .selfsup import (  # noqa: F401
+    IJEPA_ARCH,
+    IJEPA_RECIPE,
+    MAE_ARCH,
+    MAE_RECIPE,
+    SSL_FINETUNE,
+    build_ijepa,
+    build_mae,
+    evaluate_encoder,
+    ssl_config,
+)
+from .students import STUDENTS, student_config, student_train_set  # noqa: F401
+from .synthetic_digits import FEW_REAL, SOURCES  # noqa: F401

@@ -8,19 +8,19 @@ from vitbook.model import (
     Attention,
     PatchEmbed,
     ViT,
-    ViTConfig,
     count_params,
     patchify,
     preset,
     sincos_pos_embed,
     unpatchify,
+    with_config,
 )
 
 
 def test_conv_and_linear_patch_embedding_agree():
     cfg = tiny_config(in_channels=3, image_size=32, patch_size=8)
     conv = PatchEmbed(cfg)
-    linear = PatchEmbed(ViTConfig(**{**cfg.to_dict(), "patch_impl": "linear"}))
+    linear = PatchEmbed(cfg.with_config(patch_impl="linear"))
     linear.load_state_dict(conv.state_dict())  # the same weight, used two ways
     x = torch.randn(4, 3, 32, 32)
     out = conv(x)
@@ -139,3 +139,11 @@ def test_features_are_the_pooled_token_before_the_head():
     model = ViT(tiny_config()).eval()
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(model.head(model.features(x)), model(x))
+
+
+def test_with_config_changes_a_field_and_checks_the_result():
+    cfg = tiny_config()
+    assert cfg.with_config(image_size=42).grid_size == 6 and cfg.image_size == 28
+    assert with_config(ViT(cfg), num_classes=3) == with_config(cfg, num_classes=3)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        cfg.with_config(image_size=30)

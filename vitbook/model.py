@@ -12,6 +12,9 @@ Shapes in comments: B batch, C channels, H/W image height/width, P patch size,
 N number of patches, T = N + 1 tokens (with the class token), D width,
 nh heads, hd = D / nh the width of one head.
 
+The variants are constructor arguments, not changes to a finished model: `vitbook.hybrid` passes
+a CNN stem as the patch embedding, `vitbook.distill` asks for a second prefix token (T = N + 2).
+
 This module imports only torch and its configuration (`vitbook.config`, whose names it
 re-exports): it knows no dataset, no training and no plotting.
 Parameter names follow timm's `VisionTransformer` where it costs nothing, so that
@@ -95,6 +98,13 @@ class PatchEmbed(nn.Module):
             cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
         )
 
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Xavier for E seen as a (D, C*P*P) matrix, as in the reference implementation."""
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "conv":
             x = self.proj(x)  # (B, D, H/P, W/P)
@@ -169,6 +179,20 @@ class Block(nn.Module):
         return x, attn
 
 
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) weights and zero biases for every linear layer in ``module``, ones
+    and zeros for every LayerNorm, as in the reference implementation."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ViT(nn.Module):
     """The Vision Transformer: patch embedding, class token, position embedding, L blocks,
     a final LayerNorm and a linear head.
@@ -176,18 +200,39 @@ class ViT(nn.Module):
     ``model(x)`` returns logits (B, num_classes); ``model(x, return_attn=True)`` returns
     ``(logits, maps)`` with one (B, nh, T, T) attention map per layer. ``x`` is a float tensor
     (B, C, H, W) in [0, 1]; a uint8 batch is scaled by 1/255 and other float dtypes are cast to
-    the weights' dtype (see `check_input`)."""
+    the weights' dtype (see `check_input`).
 
-    def __init__(self, cfg: ViTConfig):
+    ``patch_embed``: the module that turns images (B, C, H, W) into tokens (B, N, D); a
+    `PatchEmbed` unless given (`vitbook.hybrid.HybridViT` gives a CNN stem). ``num_prefix_tokens``:
+    the learned tokens in front of the patches, 1 (the class token) or 2 (the class token, then
+    DeiT's distillation token ``dist_token``: `vitbook.distill.DistilledViT`)."""
+
+    def __init__(
+        self, cfg: ViTConfig, patch_embed: nn.Module | None = None, num_prefix_tokens: int = 1
+    ):
         super().__init__()
+        if num_prefix_tokens not in (1, 2):
+            raise ValueError(
+                f"num_prefix_tokens must be 1 (a class token) or 2 (a class token and a "
+                f"distillation token), got {num_prefix_tokens!r}"
+            )
+        if patch_embed is not None and not isinstance(patch_embed, nn.Module):
+            raise TypeError(
+                f"patch_embed must be an nn.Module mapping images (B, C, H, W) to tokens "
+                f"(B, N, D), got {type(patch_embed).__name__}"
+            )
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.patch_embed = PatchEmbed(cfg) if patch_embed is None else patch_embed
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        T = cfg.num_patches + 1
+        if num_prefix_tokens == 2:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        T = num_prefix_tokens + cfg.num_patches
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, T, cfg.dim))
         elif cfg.pos_embed == "sincos":
-            table = torch.cat([torch.zeros(1, cfg.dim), sincos_pos_embed(cfg.dim, cfg.grid_size)])
+            prefix = torch.zeros(num_prefix_tokens, cfg.dim)  # the prefix tokens get no position
+            table = torch.cat([prefix, sincos_pos_embed(cfg.dim, cfg.grid_size)])
             self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D), fixed
         else:
             self.pos_embed = None
@@ -200,19 +245,14 @@ class ViT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Truncated-normal(0.02) for linear layers and the learned embeddings, as in the
-        reference implementation; Xavier for the patch projection seen as a matrix."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        reference implementation (`init_weights`); the patch embedding initialises itself
+        (`PatchEmbed`: Xavier for E seen as a matrix)."""
+        init_weights(self)
+        if hasattr(self.patch_embed, "reset_parameters"):
+            self.patch_embed.reset_parameters()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.num_prefix_tokens == 2:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -221,7 +261,7 @@ class ViT(nn.Module):
         expected and what to pass (`vitbook.config.check_images`): a tensor (B, C, H, W) of the
         model's channels and size; uint8 pixels are scaled to [0, 1], float pixels cast to the
         dtype of the model's weights; other dtypes and non-tensors are refused."""
-        weight = getattr(getattr(self.patch_embed, "proj", None), "weight", None)
+        weight = next(self.patch_embed.parameters(), None)
         dtype = weight.dtype if weight is not None else torch.get_default_dtype()
         return check_images(x, self.cfg, dtype)
 
@@ -230,15 +270,18 @@ class ViT(nn.Module):
         x = self.check_input(x)
         x = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[:, 1:]
+            x = x + self.pos_embed[:, self.num_prefix_tokens :]
         return x
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """Put the learnable class token (with its position) in front: (B, n, D) -> (B, n+1, D)."""
-        cls = self.cls_token
+        """Put the learnable class token (with its position) in front: (B, n, D) -> (B, n+1, D);
+        with a distillation token, [class, distillation, ...]: (B, n+2, D)."""
+        prefix = self.cls_token  # (1, 1, D)
+        if self.num_prefix_tokens == 2:
+            prefix = torch.cat([prefix, self.dist_token], dim=1)  # (1, 2, D)
         if self.pos_embed is not None:
-            cls = cls + self.pos_embed[:, :1]
-        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+            prefix = prefix + self.pos_embed[:, : self.num_prefix_tokens]
+        return torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
 
     def encode(self, x: torch.Tensor, return_attn: bool = False):
         """Run tokens through the blocks and the final LayerNorm: (B, T, D) -> (B, T, D)."""
@@ -255,7 +298,9 @@ class ViT(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image representation the head sees: the class token, or the mean patch token."""
-        return tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.cfg.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled representation (B, D): what a linear probe or a UMAP plot looks at."""

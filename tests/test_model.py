@@ -247,6 +247,30 @@ def test_two_prefix_tokens_take_their_positions_and_stay_out_of_the_mean():
         ViT(tiny_config(), patch_embed="conv")
 
 
+def test_replace_head_gives_a_zero_head_of_the_new_size_and_updates_the_config():
+    model = ViT(tiny_config())
+    assert model.replace_head(3) is model
+    assert model.cfg.num_classes == 3 and model(torch.rand(2, 1, 28, 28)).abs().max() == 0
+    probe = torch.nn.Linear(32, 5)
+    assert model.replace_head(probe).head is probe and model.cfg.num_classes == 5
+    with pytest.raises(ValueError, match="takes 16 features, but the model's tokens have dim 32"):
+        model.replace_head(torch.nn.Linear(16, 5))
+    with pytest.raises(ValueError, match="num_classes must be at least 1"):
+        model.replace_head(0)
+    with pytest.raises(TypeError, match="num_classes must be a whole number"):
+        model.replace_head(2.5)
+    assert model.cfg.num_classes == 5  # a refused head leaves the model as it was
+
+
+def test_a_distilled_vit_replaces_both_heads():
+    from vitbook.distill import DistilledViT
+
+    model = DistilledViT(tiny_config()).replace_head(4)
+    c, d = model.forward_heads(torch.rand(2, 1, 28, 28))
+    assert c.shape == d.shape == (2, 4) and c.abs().max() == d.abs().max() == 0
+    assert model.head_dist is not model.head and model.cfg.num_classes == 4
+
+
 def test_with_config_changes_a_field_and_checks_the_result():
     cfg = tiny_config()
     assert cfg.with_config(image_size=42).grid_size == 6 and cfg.image_size == 28

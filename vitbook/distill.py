@@ -13,6 +13,8 @@ and from a teacher's outputs.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +32,12 @@ class DistilledViT(ViT):
         super().__init__(cfg, num_prefix_tokens=2)
         self.head_dist = nn.Linear(cfg.dim, cfg.num_classes)
         init_weights(self.head_dist)
+
+    def replace_head(self, head) -> DistilledViT:
+        """Both heads replaced by the same new one (see `ViT.replace_head`)."""
+        super().replace_head(head)
+        self.head_dist = copy.deepcopy(self.head)
+        return self
 
     def forward_heads(self, x: torch.Tensor):
         """(class-head logits, distillation-head logits)."""

@@ -311,6 +311,31 @@ class ViT(nn.Module):
         logits = self.head(self.pool(tokens))  # eq. (4) then the classifier
         return (logits, maps) if return_attn else logits
 
+    def replace_head(self, head: int | nn.Linear) -> ViT:
+        """Put a new head on the model (in place) and return the model: for ``head`` classes, a
+        zero-initialised linear layer, as the paper does when fine-tuning (section 3.1); or the
+        ``nn.Linear`` (D -> K) given, such as a fitted linear probe. ``cfg.num_classes`` follows."""
+        w = self.head.weight
+        if isinstance(head, nn.Linear):
+            if head.in_features != self.cfg.dim:
+                raise ValueError(
+                    f"the new head takes {head.in_features} features, but the model's tokens "
+                    f"have dim {self.cfg.dim}: pass an nn.Linear({self.cfg.dim}, num_classes)"
+                )
+            new = head.to(device=w.device, dtype=w.dtype)
+        elif isinstance(head, nn.Module):
+            raise TypeError(
+                f"head must be a number of classes or an nn.Linear, got {type(head).__name__}"
+            )
+        else:
+            classes = self.cfg.with_config(num_classes=head).num_classes  # checked: an int >= 1
+            new = nn.Linear(self.cfg.dim, classes, device=w.device, dtype=w.dtype)
+            nn.init.zeros_(new.weight)
+            nn.init.zeros_(new.bias)
+        self.head = new
+        self.cfg = self.cfg.with_config(num_classes=new.out_features)
+        return self
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """The number of parameters (every element of every parameter tensor)."""
@@ -333,7 +358,7 @@ def _hint(key: str) -> str:
     if key.endswith("pos_embed"):
         return " (a different image or patch size: see vitbook.interop.resize_pos_embed)"
     if key.startswith("head."):
-        return " (a different number of classes: build the model with the checkpoint's num_classes, then replace model.head)"
+        return " (a different number of classes: build the model with the checkpoint's num_classes, then call model.replace_head)"
     return ""
 
 

@@ -79,3 +79,20 @@ def test_probe_head_gives_the_probes_logits_on_raw_features():
     f, y = extract_features(enc, ds)
     w, b, mean, std = fit_linear_probe(f, y, 3)
     torch.testing.assert_close(head(f), (f - mean) / std @ w + b, atol=1e-4, rtol=1e-4)
+
+
+def test_finetune_from_probe_starts_from_a_copy_of_the_probe_and_leaves_the_encoder_alone():
+    from vitbook import data
+
+    torch.manual_seed(0)
+    enc = ViT(tiny_config())
+    ds = data.ImageDataset(
+        torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.arange(16) % 3
+    )
+    head = transfer.probe_head(enc, ds, num_classes=3)
+    probe = {k: v.clone() for k, v in head.state_dict().items()}
+    tuned = transfer.finetune_from_probe(enc, ds, steps=1, head=head, batch_size=8)
+    assert tuned.head is not head and tuned.cfg.num_classes == tuned.head.out_features == 3
+    # the probe was copied, not trained
+    assert all(torch.equal(probe[k], v) for k, v in head.state_dict().items())
+    assert enc.cfg.num_classes == enc.head.out_features == 10

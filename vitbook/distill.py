@@ -13,42 +13,32 @@ and from a teacher's outputs.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .loops import model_device
-from .model import ViT, ViTConfig
+from .model import ViT, ViTConfig, init_weights
 
 
 class DistilledViT(ViT):
-    """A ViT with a distillation token: tokens are [class, distillation, patches...]."""
+    """A ViT with a distillation token: tokens are [class, distillation, patches...], and a
+    second head, ``head_dist``, on the distillation token."""
 
     def __init__(self, cfg: ViTConfig):
-        if cfg.pos_embed != "learned" or cfg.pool != "cls":
-            raise ValueError(
-                "DistilledViT uses learned position embeddings and class-token pooling"
-            )
-        super().__init__(cfg)
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, cfg.num_patches + 2, cfg.dim)
-        )  # two prefix tokens
+        if cfg.pool != "cls":
+            raise ValueError("DistilledViT reads its class and distillation tokens: use pool='cls'")
+        super().__init__(cfg, num_prefix_tokens=2)
         self.head_dist = nn.Linear(cfg.dim, cfg.num_classes)
-        nn.init.trunc_normal_(self.dist_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.head_dist.weight, std=0.02)
-        nn.init.zeros_(self.head_dist.bias)
+        init_weights(self.head_dist)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.check_input(x)
-        return self.patch_embed(x) + self.pos_embed[:, 2:]  # (B, N, D)
-
-    def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = (
-            torch.cat([self.cls_token, self.dist_token], dim=1) + self.pos_embed[:, :2]
-        )  # (1, 2, D)
-        return torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+2, D)
+    def replace_head(self, head) -> DistilledViT:
+        """Both heads replaced by the same new one (see `ViT.replace_head`)."""
+        super().replace_head(head)
+        self.head_dist = copy.deepcopy(self.head)
+        return self
 
     def forward_heads(self, x: torch.Tensor):
         """(class-head logits, distillation-head logits)."""

@@ -62,6 +62,20 @@ class ConvStem(nn.Module):
         self.patch_size = cfg.patch_size
         self.stem = stem
 
+    @torch.no_grad()
+    def reset_parameters(self):
+        """He (Kaiming) init for the 3x3 convolutions, identity BatchNorms, and Xavier for E (the
+        1x1 projection, as `PatchEmbed` does); `ViT` calls it when it initialises itself."""
+        for m in self.convs.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(self.convs(x))  # (B, D, H/P, W/P)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
@@ -71,17 +85,4 @@ class HybridViT(ViT):
     """`ViT` whose patch embedding is a `ConvStem`; same tokens, same blocks, same head."""
 
     def __init__(self, cfg: ViTConfig, stem=DEFAULT_STEM):
-        super().__init__(cfg)
-        self.patch_embed = ConvStem(cfg, stem)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self):
-        super().reset_parameters()  # the Transformer's init; Xavier for E (the 1x1 projection)
-        if isinstance(self.patch_embed, ConvStem):
-            for m in self.patch_embed.convs.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+        super().__init__(cfg, patch_embed=ConvStem(cfg, stem))

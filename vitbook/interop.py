@@ -118,13 +118,10 @@ def _not_a_vit(sd: dict, want: str) -> CheckpointMismatchError:
 
 
 def _heads(dim: int, heads: int | None, model, attr_path: str) -> int:
-    obj = model
+    obj = model  # the head count stored on the model object, at attr_path, if it is there
     for part in attr_path.split("."):
-        obj = (
-            getattr(obj, part, None)
-            if not part.isdigit()
-            else (obj[int(part)] if obj is not None else None)
-        )
+        if obj is not None:
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
     if heads is not None:
         if isinstance(obj, int) and obj != heads:
             raise ValueError(
@@ -169,10 +166,8 @@ def _most_common(values: list[int]) -> int:
 def _config_from(sd: dict, heads: int) -> ViTConfig:
     """Read a ViT's configuration off a state dict with vitbook (= timm) names."""
     dim = sd["cls_token"].shape[-1]
-    patch, channels = (
-        sd["patch_embed.proj.weight"].shape[-1],
-        sd["patch_embed.proj.weight"].shape[1],
-    )
+    proj = sd["patch_embed.proj.weight"]  # (D, C, P, P)
+    patch, channels = proj.shape[-1], proj.shape[1]
     tokens = sd["pos_embed"].shape[1]
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
@@ -336,35 +331,21 @@ def resize_pos_embed(
         return pos_embed.clone()
     D = pos_embed.shape[-1]
     grid = grid_tokens.reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
-    grid = F.interpolate(
-        grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False
-    )
-    grid = (
-        grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(pos_embed.dtype)
-    )  # (1, g'*g', D)
+    grid = F.interpolate(grid.float(), size=(new_grid,) * 2, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid**2, D).to(pos_embed.dtype)  # (1, g'*g', D)
     return torch.cat([prefix, grid], dim=1)
 
 
 def resize_model(model: ViT, image_size: int) -> ViT:
     """A copy of ``model`` for images of ``image_size`` pixels: same weights, position
     embeddings interpolated to the new patch grid."""
-    cfg = ViTConfig(**{**model.cfg.to_dict(), "image_size": image_size})
+    cfg = model.cfg.with_config(image_size=image_size)
     new = ViT(cfg)
     sd = dict(model.state_dict())
     if model.cfg.pos_embed == "learned":
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], cfg.grid_size)
     load_checked(new, sd)
     return new
-
-
-def replace_head(model: ViT, num_classes: int) -> ViT:
-    """Give ``model`` a fresh, zero-initialised head for ``num_classes`` classes (in place), as the
-    paper does when fine-tuning; the configuration is updated to match."""
-    model.head = nn.Linear(model.cfg.dim, num_classes)
-    nn.init.zeros_(model.head.weight)
-    nn.init.zeros_(model.head.bias)
-    model.cfg = ViTConfig(**{**model.cfg.to_dict(), "num_classes": num_classes})
-    return model
 
 
 def to_torchvision_state_dict(model: ViT) -> dict[str, torch.Tensor]:
@@ -374,16 +355,11 @@ def to_torchvision_state_dict(model: ViT) -> dict[str, torch.Tensor]:
         raise ValueError(
             "torchvision's VisionTransformer has class-token pooling and learned positions only"
         )
-    reverse = {}
-    for tv_name, ours in TORCHVISION_NAMES.items():
-        reverse[ours] = tv_name
+    reverse = {ours: tv_name for tv_name, ours in TORCHVISION_NAMES.items()}
     out = {}
     for key, value in model.state_dict().items():
         m = re.match(r"blocks\.(\d+)\.(.*)", key)
-        if m:
-            tv = reverse["blocks.{i}." + m.group(2)].format(i=m.group(1))
-        else:
-            tv = reverse[key]
+        tv = reverse["blocks.{i}." + m.group(2)].format(i=m.group(1)) if m else reverse[key]
         out[tv] = value.clone()
     return out
 

@@ -12,7 +12,11 @@ Shapes in comments: B batch, C channels, H/W image height/width, P patch size,
 N number of patches, T = N + 1 tokens (with the class token), D width,
 nh heads, hd = D / nh the width of one head.
 
-This module imports only torch: it knows no dataset, no training and no plotting.
+The variants are constructor arguments, not changes to a finished model: `vitbook.hybrid` passes
+a CNN stem as the patch embedding, `vitbook.distill` asks for a second prefix token (T = N + 2).
+
+This module imports only torch and its configuration (`vitbook.config`, whose names it
+re-exports): it knows no dataset, no training and no plotting.
 Parameter names follow timm's `VisionTransformer` where it costs nothing, so that
 loading timm weights is a plain `load_state_dict` (see `vitbook.interop`).
 """
@@ -20,176 +24,21 @@ loading timm weights is a plain `load_state_dict` (see `vitbook.interop`).
 from __future__ import annotations
 
 import math
-import numbers
-import re
-from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POS_EMBEDS = ("learned", "sincos", "none")
-PATCH_IMPLS = ("conv", "linear")
-POOLS = ("cls", "mean")
-
-# For the messages of ViTConfig's checks: what each size is, and a typical value.
-_WHAT = {
-    "image_size": "it is the side of the square input image in pixels",
-    "patch_size": "it is the side of a square patch in pixels",
-    "in_channels": "it is 1 for grayscale images, 3 for RGB",
-    "num_classes": "the head needs at least one output",
-    "dim": "it is the token width D",
-    "depth": "a ViT has at least one encoder block",
-    "heads": "attention needs at least one head",
-    "mlp_dim": "it is the hidden width of each block's MLP",
-}
-_EXAMPLES = dict(
-    image_size=28,
-    patch_size=7,
-    in_channels=1,
-    num_classes=10,
-    dim=64,
-    depth=3,
-    heads=4,
-    mlp_dim=128,
+from .config import (  # noqa: F401  (re-exported: the configuration's home is vitbook.config)
+    FAMILIES,
+    PAPER_PARAMS_M,
+    PATCH_IMPLS,
+    POOLS,
+    POS_EMBEDS,
+    ViTConfig,
+    check_images,
+    preset,
 )
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-@dataclass
-class ViTConfig:
-    """Everything that fixes a ViT's shape. Defaults are ViT-B/16 on ImageNet."""
-
-    image_size: int = 224
-    patch_size: int = 16
-    in_channels: int = 3
-    num_classes: int = 1000
-    dim: int = 768  # D, the token width ("Hidden size D" in Table 1)
-    depth: int = 12  # L, the number of encoder blocks ("Layers")
-    heads: int = 12  # nh ("Heads")
-    mlp_dim: int = 3072  # hidden width of the MLP ("MLP size")
-    dropout: float = 0.0  # after the embedding, the attention projection and the MLP
-    attn_dropout: float = 0.0  # on the attention weights
-    qkv_bias: bool = True
-    pos_embed: str = "learned"  # "learned" (the paper), "sincos" (fixed 2D), "none"
-    patch_impl: str = "conv"  # "conv" (a strided Conv2d) or "linear" (reshape + matmul)
-    pool: str = "cls"  # "cls": classify the class token; "mean": average the patch tokens
-    fused_attn: bool = True  # F.scaled_dot_product_attention unless maps are asked for
-    norm_eps: float = 1e-6
-
-    def __post_init__(self):
-        self._check_types_and_ranges()
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}: "
-                f"a ViT cuts the image into a whole grid of patches. Choose a patch size that "
-                f"divides {self.image_size} (one of {_divisors(self.image_size)}) or resize the images."
-            )
-        if self.dim % self.heads != 0:
-            raise ValueError(
-                f"dim {self.dim} is not divisible by heads {self.heads}: each head gets dim/heads "
-                f"channels. Use a head count that divides {self.dim} (one of {_divisors(self.dim)})."
-            )
-        for field, allowed in (
-            ("pos_embed", POS_EMBEDS),
-            ("patch_impl", PATCH_IMPLS),
-            ("pool", POOLS),
-        ):
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
-        if self.pos_embed == "sincos" and self.dim % 4 != 0:
-            raise ValueError(
-                f"a 2D sin-cos position embedding needs dim divisible by 4, got {self.dim}"
-            )
-
-    # The integer fields and the least value each may take; the float fields and their ranges.
-    _SIZES = {
-        "image_size": 1, "patch_size": 1, "in_channels": 1, "num_classes": 1,
-        "dim": 1, "depth": 1, "heads": 1, "mlp_dim": 1,
-    }  # fmt: skip
-
-    def _check_types_and_ranges(self):
-        """Every field has the type and range a ViT can be built from, or a ValueError/TypeError
-        says which field, what it got and what to pass."""
-        for name, least in self._SIZES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(
-                    f"ViTConfig.{name} must be a whole number, got {value!r} "
-                    f"({type(value).__name__}); pass an int such as {name}={_EXAMPLES[name]}"
-                )
-            if value < least:
-                raise ValueError(
-                    f"ViTConfig.{name} must be at least {least}, got {value}; "
-                    f"{_WHAT[name]}, for example {name}={_EXAMPLES[name]}"
-                )
-            setattr(self, name, int(value))  # a numpy or torch integer becomes a plain int
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"ViTConfig.{name} must be a number in [0, 1), got {value!r}")
-            if not 0.0 <= value < 1.0:
-                raise ValueError(
-                    f"ViTConfig.{name} is a drop probability in [0, 1), got {value}; "
-                    f"0.0 switches dropout off"
-                )
-        eps = self.norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-            raise TypeError(f"ViTConfig.norm_eps must be a small positive number, got {eps!r}")
-        if not (math.isfinite(eps) and eps > 0):
-            raise ValueError(
-                f"ViTConfig.norm_eps must be a small positive number (LayerNorm divides by "
-                f"sqrt(variance + eps)), got {eps}; the default is 1e-6"
-            )
-        for name in ("qkv_bias", "fused_attn"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(
-                    f"ViTConfig.{name} must be True or False, got {getattr(self, name)!r}"
-                )
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# The paper's Table 1 (plus DeiT's Ti and S): width, depth, heads, MLP width.
-FAMILIES = {
-    "Ti": dict(dim=192, depth=12, heads=3, mlp_dim=768),
-    "S": dict(dim=384, depth=12, heads=6, mlp_dim=1536),
-    "B": dict(dim=768, depth=12, heads=12, mlp_dim=3072),
-    "L": dict(dim=1024, depth=24, heads=16, mlp_dim=4096),
-    "H": dict(dim=1280, depth=32, heads=16, mlp_dim=5120),
-}
-# Parameter counts the paper's Table 1 states (millions).
-PAPER_PARAMS_M = {"ViT-B/16": 86, "ViT-L/16": 307, "ViT-H/14": 632}
-
-
-def preset(name: str, **overrides) -> ViTConfig:
-    """The configuration of a named ViT, such as "ViT-B/16" (ImageNet defaults: 224 px, 3 channels,
-    1000 classes). Any field can be overridden: ``preset("ViT-Ti/4", image_size=28, in_channels=1)``."""
-    m = re.fullmatch(r"ViT-(Ti|S|B|L|H)/(\d+)", name)
-    if m is None:
-        raise ValueError(
-            f"unknown preset {name!r}: expected 'ViT-<size>/<patch>' with size one of "
-            f"{list(FAMILIES)}, for example 'ViT-B/16', 'ViT-L/16' or 'ViT-H/14'"
-        )
-    fields = dict(FAMILIES[m.group(1)], patch_size=int(m.group(2)))
-    fields.update(overrides)
-    return ViTConfig(**fields)
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -248,6 +97,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(
             cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
         )
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Xavier for E seen as a (D, C*P*P) matrix, as in the reference implementation."""
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "conv":
@@ -323,6 +179,20 @@ class Block(nn.Module):
         return x, attn
 
 
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) weights and zero biases for every linear layer in ``module``, ones
+    and zeros for every LayerNorm, as in the reference implementation."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ViT(nn.Module):
     """The Vision Transformer: patch embedding, class token, position embedding, L blocks,
     a final LayerNorm and a linear head.
@@ -330,18 +200,39 @@ class ViT(nn.Module):
     ``model(x)`` returns logits (B, num_classes); ``model(x, return_attn=True)`` returns
     ``(logits, maps)`` with one (B, nh, T, T) attention map per layer. ``x`` is a float tensor
     (B, C, H, W) in [0, 1]; a uint8 batch is scaled by 1/255 and other float dtypes are cast to
-    the weights' dtype (see `check_input`)."""
+    the weights' dtype (see `check_input`).
 
-    def __init__(self, cfg: ViTConfig):
+    ``patch_embed``: the module that turns images (B, C, H, W) into tokens (B, N, D); a
+    `PatchEmbed` unless given (`vitbook.hybrid.HybridViT` gives a CNN stem). ``num_prefix_tokens``:
+    the learned tokens in front of the patches, 1 (the class token) or 2 (the class token, then
+    DeiT's distillation token ``dist_token``: `vitbook.distill.DistilledViT`)."""
+
+    def __init__(
+        self, cfg: ViTConfig, patch_embed: nn.Module | None = None, num_prefix_tokens: int = 1
+    ):
         super().__init__()
+        if num_prefix_tokens not in (1, 2):
+            raise ValueError(
+                f"num_prefix_tokens must be 1 (a class token) or 2 (a class token and a "
+                f"distillation token), got {num_prefix_tokens!r}"
+            )
+        if patch_embed is not None and not isinstance(patch_embed, nn.Module):
+            raise TypeError(
+                f"patch_embed must be an nn.Module mapping images (B, C, H, W) to tokens "
+                f"(B, N, D), got {type(patch_embed).__name__}"
+            )
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.patch_embed = PatchEmbed(cfg) if patch_embed is None else patch_embed
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        T = cfg.num_patches + 1
+        if num_prefix_tokens == 2:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        T = num_prefix_tokens + cfg.num_patches
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, T, cfg.dim))
         elif cfg.pos_embed == "sincos":
-            table = torch.cat([torch.zeros(1, cfg.dim), sincos_pos_embed(cfg.dim, cfg.grid_size)])
+            prefix = torch.zeros(num_prefix_tokens, cfg.dim)  # the prefix tokens get no position
+            table = torch.cat([prefix, sincos_pos_embed(cfg.dim, cfg.grid_size)])
             self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D), fixed
         else:
             self.pos_embed = None
@@ -354,100 +245,43 @@ class ViT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Truncated-normal(0.02) for linear layers and the learned embeddings, as in the
-        reference implementation; Xavier for the patch projection seen as a matrix."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        reference implementation (`init_weights`); the patch embedding initialises itself
+        (`PatchEmbed`: Xavier for E seen as a matrix)."""
+        init_weights(self)
+        if hasattr(self.patch_embed, "reset_parameters"):
+            self.patch_embed.reset_parameters()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.num_prefix_tokens == 2:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the patch embedding takes it, or a ValueError/TypeError that says what was
-        expected and what to pass.
-
-        Accepted: a torch tensor (B, C, H, W) of the model's channels and size. A floating-point
-        batch is cast to the dtype of the model's weights (float32 unless the model was cast):
-        float32 input to a float32 model passes untouched. A uint8 batch is read as 8-bit pixels
-        and scaled to [0, 1] by ``x.float() / 255``, as `vitbook.data.ImageDataset` does. Other
-        dtypes (bool, int64, ...) and non-tensors (numpy arrays, lists) are refused."""
-        cfg = self.cfg
-        want = f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
-        if not torch.is_tensor(x):
-            raise TypeError(
-                f"expected a torch tensor of images {want}, got {type(x).__name__}. Convert it "
-                f"with torch.as_tensor(x) (uint8 pixels are scaled to [0, 1] by the model; float "
-                f"pixels should already be in [0, 1])."
-            )
-        if x.ndim != 4:
-            hint = ""
-            if x.ndim == 3 and tuple(x.shape) == (cfg.in_channels, cfg.image_size, cfg.image_size):
-                hint = " One image? Add a batch dimension with x.unsqueeze(0)."
-            elif (
-                x.ndim == 3 and cfg.in_channels == 1 and tuple(x.shape[1:]) == (cfg.image_size,) * 2
-            ):
-                hint = (
-                    " A batch of grayscale images? Add the channel dimension with x.unsqueeze(1)."
-                )
-            elif x.ndim == 2 and tuple(x.shape) == (cfg.image_size,) * 2 and cfg.in_channels == 1:
-                hint = " One grayscale image? Use x[None, None]."
-            raise ValueError(
-                f"expected a batch of images {want}, got a tensor of shape {tuple(x.shape)}.{hint}"
-            )
-        if (
-            x.shape[1] != cfg.in_channels
-            and x.shape[3] == cfg.in_channels
-            and tuple(x.shape[1:3]) == (cfg.image_size, cfg.image_size)
-        ):
-            raise ValueError(
-                f"expected channels first {want}, got channels last {tuple(x.shape)} (B, H, W, C). "
-                f"Reorder the axes with x.permute(0, 3, 1, 2)."
-            )
-        if x.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"expected {cfg.in_channels} channel(s) {want}, got {x.shape[1]} (shape {tuple(x.shape)}). "
-                f"Convert the images (e.g. torchvision.transforms.Grayscale) or build the model "
-                f"with in_channels={x.shape[1]}."
-            )
-        if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(
-                f"expected {cfg.image_size}x{cfg.image_size} images {want}, got "
-                f"{x.shape[2]}x{x.shape[3]}. Resize them (torchvision.transforms.Resize({cfg.image_size})) "
-                f"or move the model to the new size with vitbook.interop.resize_model."
-            )
-        weight = getattr(getattr(self.patch_embed, "proj", None), "weight", None)
-        weight_dtype = weight.dtype if weight is not None else torch.get_default_dtype()
-        if x.dtype == torch.uint8:
-            return x.to(weight_dtype) / 255.0  # 8-bit pixels -> [0, 1]
-        if not x.is_floating_point():
-            raise TypeError(
-                f"expected floating-point pixels in [0, 1] (or uint8 pixels 0..255), got "
-                f"{x.dtype}. Convert with x.float() (and divide by 255 if they are 0..255)."
-            )
-        return x if x.dtype == weight_dtype else x.to(weight_dtype)
+        expected and what to pass (`vitbook.config.check_images`): a tensor (B, C, H, W) of the
+        model's channels and size; uint8 pixels are scaled to [0, 1], float pixels cast to the
+        dtype of the model's weights; other dtypes and non-tensors are refused."""
+        weight = next(self.patch_embed.parameters(), None)
+        dtype = weight.dtype if weight is not None else torch.get_default_dtype()
+        return check_images(x, self.cfg, dtype)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (1) without the class token: image -> patch tokens plus their positions, (B, N, D)."""
         x = self.check_input(x)
         x = self.patch_embed(x)  # (B, N, D)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[:, 1:]
+            x = x + self.pos_embed[:, self.num_prefix_tokens :]
         return x
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """Put the learnable class token (with its position) in front: (B, n, D) -> (B, n+1, D)."""
-        cls = self.cls_token
+        """Put the learnable class token (with its position) in front: (B, n, D) -> (B, n+1, D);
+        with a distillation token, [class, distillation, ...]: (B, n+2, D)."""
+        prefix = self.cls_token  # (1, 1, D)
+        if self.num_prefix_tokens == 2:
+            prefix = torch.cat([prefix, self.dist_token], dim=1)  # (1, 2, D)
         if self.pos_embed is not None:
-            cls = cls + self.pos_embed[:, :1]
-        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+            prefix = prefix + self.pos_embed[:, : self.num_prefix_tokens]
+        return torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
 
     def encode(self, x: torch.Tensor, return_attn: bool = False):
         """Run tokens through the blocks and the final LayerNorm: (B, T, D) -> (B, T, D)."""
@@ -464,7 +298,9 @@ class ViT(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image representation the head sees: the class token, or the mean patch token."""
-        return tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.cfg.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled representation (B, D): what a linear probe or a UMAP plot looks at."""
@@ -475,15 +311,42 @@ class ViT(nn.Module):
         logits = self.head(self.pool(tokens))  # eq. (4) then the classifier
         return (logits, maps) if return_attn else logits
 
+    def replace_head(self, head: int | nn.Linear) -> ViT:
+        """Put a new head on the model (in place) and return the model: for ``head`` classes, a
+        zero-initialised linear layer, as the paper does when fine-tuning (section 3.1); or the
+        ``nn.Linear`` (D -> K) given, such as a fitted linear probe. ``cfg.num_classes`` follows."""
+        w = self.head.weight
+        if isinstance(head, nn.Linear):
+            if head.in_features != self.cfg.dim:
+                raise ValueError(
+                    f"the new head takes {head.in_features} features, but the model's tokens "
+                    f"have dim {self.cfg.dim}: pass an nn.Linear({self.cfg.dim}, num_classes)"
+                )
+            new = head.to(device=w.device, dtype=w.dtype)
+        elif isinstance(head, nn.Module):
+            raise TypeError(
+                f"head must be a number of classes or an nn.Linear, got {type(head).__name__}"
+            )
+        else:
+            classes = self.cfg.with_config(num_classes=head).num_classes  # checked: an int >= 1
+            new = nn.Linear(self.cfg.dim, classes, device=w.device, dtype=w.dtype)
+            nn.init.zeros_(new.weight)
+            nn.init.zeros_(new.bias)
+        self.head = new
+        self.cfg = self.cfg.with_config(num_classes=new.out_features)
+        return self
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """The number of parameters (every element of every parameter tensor)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def with_config(model: ViT, **changes) -> ViTConfig:
-    """The model's configuration with some fields changed (a convenience around dataclasses.replace)."""
-    return replace(model.cfg, **changes)
+def with_config(model_or_cfg: ViT | ViTConfig, **changes) -> ViTConfig:
+    """A model's configuration (or a configuration) with some fields changed, checked like a new
+    one: ``with_config(model, image_size=42)``, the same as ``model.cfg.with_config(...)``."""
+    cfg = model_or_cfg.cfg if isinstance(model_or_cfg, nn.Module) else model_or_cfg
+    return cfg.with_config(**changes)
 
 
 class CheckpointMismatchError(ValueError):
@@ -495,7 +358,7 @@ def _hint(key: str) -> str:
     if key.endswith("pos_embed"):
         return " (a different image or patch size: see vitbook.interop.resize_pos_embed)"
     if key.startswith("head."):
-        return " (a different number of classes: build the model with the checkpoint's num_classes, then replace model.head)"
+        return " (a different number of classes: build the model with the checkpoint's num_classes, then call model.replace_head)"
     return ""
 
 

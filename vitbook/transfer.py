@@ -10,10 +10,8 @@ import copy
 import torch
 
 from . import data
-from .interop import replace_head
-from .loops import model_device
 from .metrics import extract_features, fit_linear_probe
-from .model import ViT, with_config
+from .model import ViT
 from .train import History, fit
 
 # Fine-tuning recipe: gentler than training from scratch (lower peak learning rate, short
@@ -42,7 +40,7 @@ def finetune(
     history); the original is untouched unless ``copy_model=False``."""
     m = copy.deepcopy(model) if copy_model else model
     if num_classes is not None:
-        replace_head(m, num_classes)
+        m.replace_head(num_classes)
     r = {**FINETUNE_RECIPE, **recipe}
     if steps is not None:
         per_epoch = max(1, len(train_set) // r["batch_size"])
@@ -85,10 +83,8 @@ def finetune_from_probe(
     gradients; a fine-tune that ends below its own probe points at a bad recipe. ``head``: the
     probe already fitted on ``train_set`` (`probe_head`), if the caller has it; it is copied,
     not trained. Returns the fine-tuned copy; ``encoder`` is untouched."""
-    model = copy.deepcopy(encoder)
-    head = copy.deepcopy(head) if head is not None else probe_head(encoder, train_set)
-    model.head = head.to(model_device(model))  # the probe is fitted on the CPU
-    model.cfg = with_config(model, num_classes=model.head.out_features)
+    probe = copy.deepcopy(head) if head is not None else probe_head(encoder, train_set)
+    model = copy.deepcopy(encoder).replace_head(probe)
     torch.manual_seed(seed)
     tuned, _ = finetune(model, train_set, steps=steps, seed=seed, copy_model=False, **recipe)
     return tuned

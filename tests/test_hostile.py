@@ -729,7 +729,9 @@ def test_an_unrelated_function_leaves_the_mnist_vit_key_alone(monkeypatch, tmp_p
     before = zoo.REGISTRY["mnist-vit"].key()
     other = _vitbook_module(tmp_path, "_hk_other", f"def {name}(*a, **k):\n    return 0\n")
     try:
-        monkeypatch.setattr(sys.modules[f"vitbook.{module}"], name, getattr(other, name))
+        monkeypatch.setattr(
+            importlib.import_module(f"vitbook.{module}"), name, getattr(other, name)
+        )
         assert zoo.REGISTRY["mnist-vit"].key() == before
     finally:
         sys.modules.pop("vitbook._hk_other", None)

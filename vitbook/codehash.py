@@ -22,7 +22,7 @@ PACKAGE = __name__.rpartition(".")[0]  # "vitbook"
 _SIMPLE = (int, float, str, bool, type(None))
 
 
-# Plotting never changes a trained result: figures reached through History.plot are not followed.
+# Plotting never changes a trained result: figures a recipe draws are not followed.
 _KEY_SKIP_MODULES = frozenset({f"{PACKAGE}.viz"})
 
 

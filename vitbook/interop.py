@@ -1,10 +1,9 @@
 """Weights in and out of vitbook: torchvision and timm checkpoints, resized position embeddings.
 
-vitbook's parameter names follow timm's, so a timm state dict loads almost as is; torchvision
-names things differently, and `TORCHVISION_NAMES` is the whole translation. The configuration
-(width, depth, patch and image size, classes) is read off the weights; the number of heads is
-the one thing weights do not tell, so it comes from the model object or the standard table.
-Nothing here downloads anything: pass a model or a state dict you already have.
+vitbook's parameter names follow timm's, so a timm state dict loads almost as is; torchvision's
+differ, and `TORCHVISION_NAMES` is the whole translation. The configuration (width, depth, patch
+and image size, classes) is read off the weights; the number of heads, which weights do not
+tell, comes from the model object or the standard table. Nothing here downloads anything.
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ class IJEPA(nn.Module):
         self.predictor = Predictor(encoder.cfg, predictor_dim, predictor_depth)
         self.num_targets = num_targets
         self.ema = ema
-        self.last_stats: dict[str, float] = {}
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -316,9 +316,11 @@ class IJEPA(nn.Module):
         loss = F.mse_loss(pred, gather_tokens(h.repeat(K, 1, 1), tgt))
         # Spread across images of the mean-pooled embeddings (not across tokens, where the
         # position embeddings alone would count as spread): 0 means every image looks the same.
+        # Kept as tensors: reading them (float(...)) waits for a GPU, so only a caller that
+        # records them pays for it, not every step.
         self.last_stats = {
-            "context_std": z.detach().mean(dim=1).std(dim=0).mean().item(),
-            "target_std": h.mean(dim=1).std(dim=0).mean().item(),
+            "context_std": z.detach().mean(dim=1).std(dim=0).mean(),
+            "target_std": h.mean(dim=1).std(dim=0).mean(),
         }
         return loss
 

@@ -1,4 +1,4 @@
-"""Measured performance: ``python -m vitbook.bench [--quick] [--write]``.
+"""Measured performance: ``python -m vitbook.bench [--quick] [--only PART] [--out DIR]``.
 
 Three measurements, each against a peer measured in the same run on the same machine:
 

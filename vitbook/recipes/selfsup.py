@@ -80,8 +80,8 @@ def train_ijepa(model) -> dict:
         model.update_target(step / total)
         if step % 20 == 0 or step == total:
             stats["step"].append(step)
-            stats["context_std"].append(model.last_stats["context_std"])
-            stats["target_std"].append(model.last_stats["target_std"])
+            stats["context_std"].append(float(model.last_stats["context_std"]))
+            stats["target_std"].append(float(model.last_stats["target_std"]))
             spread = collapse_stats(model.encoder, probe)
             stats["encoder_spread"].append(spread["spread"])
             stats["encoder_rank"].append(spread["rank"])

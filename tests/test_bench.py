@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitbook import bench
-from vitbook.bench import __main__ as cli
+from vitbook import bench as cli
+from vitbook import perf
 from vitbook.recipes import benchmarks, mnist_config
 
 
@@ -30,8 +30,8 @@ def fake_accuracy(reached=True):
 
 
 def test_format_accuracy_says_whether_the_target_was_reached():
-    assert "after epoch 2, **12 s**" in bench.format_accuracy(fake_accuracy(), "r")
-    text = bench.format_accuracy(fake_accuracy(reached=False), "r")
+    assert "after epoch 2, **12 s**" in perf.format_accuracy(fake_accuracy(), "r")
+    text = perf.format_accuracy(fake_accuracy(reached=False), "r")
     assert "did **not** reach 98.5%" in text and "97.00%" in text
 
 
@@ -43,7 +43,7 @@ def test_format_throughput_lists_every_contender_with_its_ratios():
             {"contender": "vitbook", "img_per_s": 110.0, "ratio_min": 0.9, "ratio_median": 1.1, "ratio_max": 1.2},
         ],
     }  # fmt: skip
-    text = bench.format_throughput(res)
+    text = perf.format_throughput(res)
     assert "| vitbook | 110 | 0.90 | 1.10 | 1.20 |" in text
     assert "took 4 s" in text
 
@@ -103,7 +103,7 @@ def test_best_hybrid_seed_replaces_only_the_seed(monkeypatch):
 
 def test_format_accuracy_names_the_weight_average_and_the_trained_weights():
     res = dict(fake_accuracy(), ema_decay=0.9995, per_epoch_trained_weights=[(1, 0.96), (2, 0.98)])
-    text = bench.format_accuracy(res, "r")
+    text = perf.format_accuracy(res, "r")
     assert "moving average of the weights (decay 0.9995" in text
     assert "| epoch | test accuracy | seconds since start | trained weights |" in text
     assert "| 1 | 97.00% | 10 | 96.00% |" in text and "| 2 | 98.76% | 20 | 98.00% |" in text
@@ -117,11 +117,11 @@ def test_time_to_accuracy_judges_the_weight_average_when_asked():
     tiny = (torch.rand(64, 1, 28, 28, generator=g), torch.arange(64) % 10)
     cfg = mnist_config(patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
     recipe = Recipe(epochs=2, batch_size=32, ema_decay=0.5)
-    res = bench.time_to_accuracy(2.0, recipe, lambda: HybridViT(cfg), lambda: (tiny, tiny))
+    res = perf.time_to_accuracy(2.0, recipe, lambda: HybridViT(cfg), lambda: (tiny, tiny))
     assert not res["reached"] and [e for e, _, _ in res["per_epoch"]] == [1, 2]
     assert res["ema_decay"] == 0.5 and len(res["per_epoch_trained_weights"]) == 2
     assert res["final_accuracy"] == res["per_epoch"][-1][1]
-    plain = bench.time_to_accuracy(
+    plain = perf.time_to_accuracy(
         2.0, replace(recipe, ema_decay=None), lambda: HybridViT(cfg), lambda: (tiny, tiny)
     )
     assert "ema_decay" not in plain and len(plain["per_epoch"]) == 2

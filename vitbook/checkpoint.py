@@ -102,3 +102,28 @@ def fingerprint_differences(saved: dict, now: dict) -> list[str]:
             f"the training data: the same size ({nd['n']} images) but other images or labels"
         )
     return out
+
+
+def resumable_state(checkpoint, recipe: dict, fingerprint: dict) -> dict:
+    """The state saved in ``checkpoint``, if it belongs to the run that asks (the same recipe,
+    model and training data); else a clear error that says what differs."""
+    state = load_checkpoint(checkpoint)
+    if state.get("recipe") != recipe:
+        raise ValueError(
+            f"the checkpoint {checkpoint} was written by a different recipe "
+            f"({state.get('recipe')}); delete it or pass the same recipe to resume"
+        )
+    if "fingerprint" not in state:
+        raise ResumeMismatchError(
+            f"the checkpoint {checkpoint} records neither the model nor the data it was "
+            f"trained on (an older vitbook wrote it), so resuming could return another "
+            f"model; delete it to start over, or pass resume=False"
+        )
+    differ = fingerprint_differences(state["fingerprint"], fingerprint)
+    if differ:
+        raise ResumeMismatchError(
+            f"the checkpoint {checkpoint} belongs to another run: " + "; ".join(differ)
+            + ". Delete it or choose another checkpoint path to train this one from the "
+            "start (resume=False overwrites it)."
+        )  # fmt: skip
+    return state

@@ -212,6 +212,11 @@ class EpochTotals:
     def as_tuple(self) -> tuple:
         return (self.loss, self.correct, self.seen)
 
+    def summary(self, has_accuracy: bool) -> dict:
+        """The epoch's training loss and accuracy (None without logits)."""
+        acc = self.correct / self.seen if has_accuracy and self.seen else None
+        return {"train_loss": self.loss / max(1, self.seen), "train_acc": acc}
+
 
 class BatchStats:
     def __init__(self, loss_sum: float, correct: float, seen: float):

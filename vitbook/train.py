@@ -41,6 +41,7 @@ from .checkpoint import (  # noqa: F401  (the errors and savers are part of trai
     fingerprint_differences,
     load_checkpoint,
     model_fingerprint,
+    resumable_state,
     save_checkpoint,
 )
 from .ema import WeightAverage
@@ -197,19 +198,14 @@ def fit(
         fused=device.type in ("cpu", "cuda"),
     )  # fmt: skip
     average = WeightAverage(model, r.ema_decay) if r.ema_decay else None
-    history = History(steps_per_epoch=steps_per_epoch, recipe=r.to_dict())
     fingerprint = {"model": model_fingerprint(model), "data": data_fingerprint(x_all, y_all)}
-    step, totals = 0, EpochTotals()
+    history, step, totals = (
+        History(steps_per_epoch=steps_per_epoch, recipe=r.to_dict()),
+        0,
+        EpochTotals(),
+    )
     if checkpoint is not None and resume and Path(checkpoint).exists():
-        state = _resumable(checkpoint, r, fingerprint)
-        load_checked(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if average is not None:
-            average.load_state_dict(state["average"])
-        history = History.from_dict(state["history"])
-        step = state["step"]
-        if step % steps_per_epoch:
-            totals = EpochTotals(*state["epoch_stats"])
+        history, step, totals = _resume(checkpoint, r, fingerprint, model, optimizer, average)
 
     def state() -> dict:
         return {
@@ -241,12 +237,8 @@ def fit(
             # 1. The batch: this step's samples, augmented with this step's random numbers.
             k = step - epoch * steps_per_epoch
             idx = order[k * local_bs : (k + 1) * local_bs]
-            x, y = x_all[idx], y_all[idx]
-            g = torch.Generator().manual_seed(step_seed(r.seed, step))
             torch.manual_seed(step_seed(r.seed, step))  # dropout and anything else global
-            if augmentation is not None:
-                u = torch.rand(r.batch_size, augmentation.num_random, generator=g)
-                x = augmentation(x, u[rank::world])  # this process's samples of the batch
+            x, y = _batch(x_all[idx], y_all[idx], augmentation, r, step, rank, world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # 2. The loss, at this step's learning rate.
             lr = lr_at(step, total_steps, warmup_steps, r.lr, r.min_lr_ratio)
@@ -285,21 +277,11 @@ def fit(
                 saver.write()
                 bars.close()
                 return history
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": totals.loss / max(1, totals.seen),
-            "train_acc": totals.correct / totals.seen if logits is not None and totals.seen else None,
-            "lr": lr,
-        }  # fmt: skip
+        # The epoch's record: training loss and accuracy, then validation (of the average).
+        record = {"epoch": epoch + 1, "lr": lr, **totals.summary(logits is not None)}
         if val_data is not None and is_main:
-            judged = average.module if average is not None else model
-            ev = evaluate(judged, val_data, r.eval_batch_size)
-            record.update(val_loss=ev["loss"], val_acc=ev["accuracy"])
-            if average is not None:
-                record["val_acc_trained"] = evaluate(model, val_data, r.eval_batch_size)["accuracy"]
-            bars.epoch_done(ev["accuracy"])
-        else:
-            bars.epoch_done(None)
+            record.update(_validate(model, average, val_data, r.eval_batch_size))
+        bars.epoch_done(record.get("val_acc"))
         record["time"] = time.perf_counter() - start
         history.epochs.append(record)
         totals = EpochTotals()
@@ -328,28 +310,38 @@ def _check_whole(name: str, value) -> None:
         raise ValueError(f"{name} must be a whole number of steps >= 1, got {value!r}")
 
 
-def _resumable(checkpoint, r: Recipe, fingerprint: dict) -> dict:
-    """The checkpoint's state, if it belongs to this run; else a clear error."""
-    state = load_checkpoint(checkpoint)
-    if state.get("recipe") != r.to_dict():
-        raise ValueError(
-            f"the checkpoint {checkpoint} was written by a different recipe "
-            f"({state.get('recipe')}); delete it or pass the same recipe to resume"
-        )
-    if "fingerprint" not in state:
-        raise ResumeMismatchError(
-            f"the checkpoint {checkpoint} records neither the model nor the data it was "
-            f"trained on (an older vitbook wrote it), so resuming could return another "
-            f"model; delete it to start over, or pass resume=False"
-        )
-    differ = fingerprint_differences(state["fingerprint"], fingerprint)
-    if differ:
-        raise ResumeMismatchError(
-            f"the checkpoint {checkpoint} belongs to another run: " + "; ".join(differ)
-            + ". Delete it or choose another checkpoint path to train this one from the "
-            "start (resume=False overwrites it)."
-        )  # fmt: skip
-    return state
+def _batch(x, y, augmentation, r: Recipe, step: int, rank: int, world: int):
+    """The batch of ``step``, augmented with numbers drawn from the step's own generator (so a
+    resumed run draws what the uninterrupted one did; under torchrun each process takes its
+    samples' share of the global batch's numbers)."""
+    if augmentation is None:
+        return x, y
+    g = torch.Generator().manual_seed(step_seed(r.seed, step))
+    u = torch.rand(r.batch_size, augmentation.num_random, generator=g)
+    return augmentation(x, u[rank::world]), y
+
+
+def _validate(model, average, val_data, batch_size: int) -> dict:
+    """Validation loss and accuracy of the model judged: the weight average where there is
+    one (the trained weights' accuracy beside it), else the model itself."""
+    ev = evaluate(average.module if average is not None else model, val_data, batch_size)
+    out = {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
+    if average is not None:
+        out["val_acc_trained"] = evaluate(model, val_data, batch_size)["accuracy"]
+    return out
+
+
+def _resume(checkpoint, r: Recipe, fingerprint: dict, model, optimizer, average):
+    """Load a checkpoint of this run into the model, optimizer and weight average; returns
+    (history, step, the running totals of a half-done epoch)."""
+    state = resumable_state(checkpoint, r.to_dict(), fingerprint)
+    load_checked(model, state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if average is not None:
+        average.load_state_dict(state["average"])
+    history, step = History.from_dict(state["history"]), state["step"]
+    partial = step % history.steps_per_epoch
+    return history, step, EpochTotals(*state["epoch_stats"]) if partial else EpochTotals()
 
 
 def _non_finite(value, step, epoch, lr, r: Recipe, x, checkpoint, saved_step) -> NonFiniteLossError:

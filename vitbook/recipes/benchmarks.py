@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import data, hybrid
-from ..bench import time_to_accuracy
 from ..model import ViT, preset
+from ..perf import time_to_accuracy
 from ..transforms import DigitAugment
 from .classifiers import MNIST_RECIPE, mnist_config
 

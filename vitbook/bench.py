@@ -1,5 +1,8 @@
 """``python -m vitbook.bench [--quick] [--only PART] [--out DIR]``: run the book's benchmarks.
 
+The measuring is `vitbook.perf`'s, the recipes are `vitbook.recipes.benchmarks`'; this module
+only runs them and writes the markdown.
+
 Each part prints a markdown section (a heading, how and where it was measured, the table);
 with ``--out DIR`` it is also written to ``DIR/<part>.md``. ``make bench`` passes
 ``--out book/bench``, the files the appendix page includes.
@@ -11,7 +14,7 @@ import argparse
 import datetime
 from pathlib import Path
 
-from vitbook import bench
+from vitbook import perf
 from vitbook.recipes import benchmarks, mnist_config
 
 PARTS = ["throughput", "time-to-98.5", "best", "best-hybrid"]
@@ -20,31 +23,31 @@ PARTS = ["throughput", "time-to-98.5", "best", "best-hybrid"]
 def section(part: str, quick: bool) -> str:
     command = f"python -m vitbook.bench{' --quick' if quick else ''} --only {part}"
     header = (
-        f"Measured on {datetime.date.today().isoformat()} with `{command}` on: {bench.machine()}."
+        f"Measured on {datetime.date.today().isoformat()} with `{command}` on: {perf.machine()}."
     )
     print(header, flush=True)
     if part == "throughput":
         title = "Training throughput against timm"
-        res = bench.throughput(
+        res = perf.throughput(
             mnist_config(), 128, rounds=3 if quick else 7, compile=not quick,
             label="MNIST ViT (28 px, 7x7 patches, width 64, 3 blocks)",
         )  # fmt: skip
-        body = bench.format_throughput(res)
+        body = perf.format_throughput(res)
         if not quick:
-            big = bench.throughput(
+            big = perf.throughput(
                 benchmarks.VIT_TI, 16, rounds=5, steps=3, compile=False,
                 label="ViT-Ti/16 (224 px, ImageNet size)",
             )  # fmt: skip
-            body += "\n\n" + bench.format_throughput(big)
+            body += "\n\n" + perf.format_throughput(big)
     elif part == "time-to-98.5":
         title = "Time to 98.5% MNIST test accuracy"
-        body = bench.format_accuracy(benchmarks.chapter4_time_to_accuracy(), "chapter-4 recipe")
+        body = perf.format_accuracy(benchmarks.chapter4_time_to_accuracy(), "chapter-4 recipe")
     elif part == "best":
         title = "Best accuracy, plain ViT"
-        body = bench.format_accuracy(benchmarks.best_accuracy(), "best-accuracy recipe, plain ViT")
+        body = perf.format_accuracy(benchmarks.best_accuracy(), "best-accuracy recipe, plain ViT")
     else:
         title = "Best accuracy, hybrid ViT"
-        body = bench.format_accuracy(
+        body = perf.format_accuracy(
             benchmarks.best_hybrid_accuracy(),
             "best-accuracy recipe, hybrid ViT (convolutional stem)",
         )
@@ -55,7 +58,7 @@ def section(part: str, quick: bool) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m vitbook.bench", description=bench.__doc__.split("\n\n")[0]
+        prog="python -m vitbook.bench", description=__doc__.split("\n\n")[0]
     )
     p.add_argument(
         "--quick",

@@ -1,4 +1,4 @@
-"""Measured performance: ``python -m vitbook.bench [--quick] [--only PART] [--out DIR]``.
+"""Measured performance, the library side of ``python -m vitbook.bench``.
 
 Three measurements, each against a peer measured in the same run on the same machine:
 
@@ -13,8 +13,8 @@ Three measurements, each against a peer measured in the same run on the same mac
   accuracy; ``best-hybrid`` the same for the paper's hybrid (a convolutional stem in front of the
   same Transformer, `vitbook.hybrid`).
 
-This module measures and formats; ``python -m vitbook.bench`` (`vitbook.bench.__main__`) runs the
-book's benchmark recipes (`vitbook.recipes.benchmarks`) and prints markdown, or with ``--out DIR``
+This module measures and formats; ``python -m vitbook.bench`` (`vitbook.bench`) runs the book's
+benchmark recipes (`vitbook.recipes.benchmarks`) with it and prints markdown, or with ``--out DIR``
 writes one file a part, which the book's appendix includes (``make bench``). Timed numbers never
 go into tests; they live here.
 """
@@ -33,9 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import train
-from ..claims import cpu_name
-from ..model import ViT, ViTConfig
+from . import train
+from .claims import cpu_name
+from .model import ViT, ViTConfig
 
 
 def machine() -> str:

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
-from vitbook import attention, train, viz  # noqa: E402
+from vitbook import attention, explorer, train, viz  # noqa: E402
 from vitbook.model import ViT  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def explorer_inputs():
 
 def test_explorer_figure_has_one_frame_per_image_layer_and_head(explorer_inputs):
     x, cls, roll = explorer_inputs
-    fig = viz.attention_explorer_figure(x, cls, roll, patch_size=7)
+    fig = explorer.attention_explorer_figure(x, cls, roll, patch_size=7)
     names = [f.name for f in fig.frames]
     L, B, H = 3, 3, 4
     assert (
@@ -41,14 +41,14 @@ def test_explorer_figure_has_one_frame_per_image_layer_and_head(explorer_inputs)
 
 def test_explorer_html_has_controls_and_no_plotly_library(explorer_inputs):
     x, cls, roll = explorer_inputs
-    html = viz.attention_explorer_html(viz.attention_explorer_figure(x, cls, roll, 7))
+    html = explorer.attention_explorer_html(explorer.attention_explorer_figure(x, cls, roll, 7))
     assert html.count("<select") == 3 and "rollout" in html and "Plotly.animate" in html
     assert len(html) < 200_000  # the page's own plotly.js draws it: no 4.8 MB copy inline
 
 
 def test_live_explorer_redraws_when_a_control_changes(explorer_inputs):
     x, cls, roll = explorer_inputs
-    ex = viz.AttentionExplorer(x, cls, roll)
+    ex = explorer.AttentionExplorer(x, cls, roll)
     assert ex.drawn == (0, 2, 0) and ex.draw_count == 1
     ex.layer.value = 1
     assert ex.drawn == (0, 1, 0) and ex.draw_count == 2
@@ -64,7 +64,7 @@ def test_live_explorer_redraws_when_a_control_changes(explorer_inputs):
 def test_plotly_html_draws_with_the_pages_plotly_and_falls_back_to_the_cdn():
     import plotly.graph_objects as go
 
-    html = viz.plotly_html(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), div_id="abc")
+    html = explorer.plotly_html(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), div_id="abc")
     assert 'id="abc"' in html and "window.Plotly" in html and "cdn.plot.ly" in html
     payload = html.split("var fig = ", 1)[1].split(";\n", 1)[0]
     assert json.loads(payload)["data"][0]["y"] == [3, 4]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .dataset import (  # noqa: F401  (the dataset type and its subsets are part of data's interface)
+    MNIST_CLASSES,
     ImageDataset,
     Split,
     checked_indices,
@@ -39,7 +40,6 @@ from .dataset import (  # noqa: F401  (the dataset type and its subsets are part
 from .files import atomic_write
 
 SPLITS = ("train", "test")
-MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",

@@ -1,335 +1,360 @@
-"""Interactive figures: plotly figures embedded in the static page (no CDN), the attention
-explorer of chapter 6 (a live ipywidget, and its plotly twin that works without a kernel) and
-the chapter-9 embedding scatter with its hover images. Static matplotlib figures are
-`vitbook.viz`.
+"""The attention explorer of chapter 6: a plotly "model view" that works in the static page (every
+head of a layer side by side, for any image, layer and query token, with no kernel) and its live
+twin in ipywidgets. Plotly embedding and the hover scatter are `vitbook.webfig`; static
+matplotlib figures are `vitbook.viz`.
 """
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from .viz import _image2d, _np, overlay
-
-PLOTLY_CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
-
-
-def plotly_html(fig, div_id: str | None = None) -> str:
-    """HTML for a plotly figure that draws with the page's ``window.Plotly``.
-
-    In the built book, plotly.js comes from the book's own _static (see _config.yml), so the
-    figure draws offline and the page carries no copy of the library. Where the page has no
-    plotly.js (Colab, classic Jupyter), the snippet loads it once from plotly's CDN."""
-    import json
-    import uuid
-
-    import plotly
-
-    div_id = div_id or f"vitbook-plot-{uuid.uuid4().hex[:12]}"
-    spec = fig.to_plotly_json()
-    payload = json.dumps(
-        {
-            "data": spec.get("data", []),
-            "layout": spec.get("layout", {}),
-            "frames": spec.get("frames", []),
-            "config": {"displaylogo": False, "responsive": True, "typesetMath": False},
-        },
-        cls=plotly.utils.PlotlyJSONEncoder,
-    )
-    height = spec.get("layout", {}).get("height") or 450
-    cdn = PLOTLY_CDN.format(version=plotly.offline.get_plotlyjs_version())
-    return f"""<div id="{div_id}" class="vitbook-plotly" style="width:100%;height:{height}px;"></div>
-<script type="text/javascript">
-(function() {{
-  var fig = {payload};
-  function draw() {{ window.Plotly.newPlot("{div_id}", fig); }}
-  if (window.Plotly) {{ draw(); return; }}
-  var s = document.querySelector('script[data-vitbook-plotly]');
-  if (!s) {{
-    s = document.createElement("script");
-    s.src = "{cdn}";
-    s.setAttribute("data-vitbook-plotly", "1");
-    document.head.appendChild(s);
-  }}
-  s.addEventListener("load", draw);
-}})();
-</script>"""
-
-
-def show_plotly(fig) -> None:
-    """Display a plotly figure so that it works everywhere: HTML that uses the page's plotly.js
-    (the built book, Colab) and plotly's own JSON (JupyterLab renders that natively)."""
-    from IPython.display import display
-
-    display(
-        {"text/html": plotly_html(fig), "application/vnd.plotly.v1+json": fig.to_plotly_json()},
-        raw=True,
-    )
-
+from .viz import _image2d, overlay
+from .webfig import plotly_html, png_data_uri_figure
 
 # ---------------------------------------------------------------------------------------------
 # Attention figures and explorers
+#
+# The explorer is a "model view" in the manner of BertViz: every head of one layer side by side,
+# with the mean of the heads and the rollout beside them, for any query token (the class token or
+# any patch). All the attention weights travel with the figure (layout.meta), so the page's
+# JavaScript picks the image, layer and query with no kernel; the colour scale is one for all.
 
 
-def attention_explorer_figure(images, cls_maps, rollouts, patch_size: int):
-    """A plotly figure with one frame per (image, layer, head), per (image, layer, "mean") and
-    per (image, "rollout"), plus one frame per image for the digit itself. The controls around it
-    (see `attention_explorer_html`) pick a frame; plotly draws it with no kernel.
+def explorer_scale(maps: torch.Tensor, rollouts: torch.Tensor, prefix: int = 1) -> float:
+    """The explorer's one colour scale: the 99th percentile of every weight it can show on the
+    patch grid (each head, the mean of the heads and the rollout, for every query), rounded up
+    to 0.05. Frames are comparable; the rare weights above it saturate."""
+    heads = maps[..., prefix:].flatten()
+    means = maps.mean(2)[..., prefix:].flatten()
+    rolls = rollouts[..., prefix:].flatten()
+    values = torch.cat([heads, means, rolls]).float()
+    if values.numel() > 1_000_000:  # torch.quantile's limit: an even subsample is as good
+        values = values[:: values.numel() // 1_000_000 + 1]
+    q = torch.quantile(values, 0.99).item()
+    return max(0.05, math.ceil(q * 20) / 20)
 
-    images: (B, 1, H, W); cls_maps: (L, B, nh, g, g); rollouts: (B, g, g)."""
+
+def _panel_titles(H: int) -> list[str]:
+    return (
+        ["the image: click a patch"]
+        + [f"head {h}" for h in range(H)]
+        + ["mean of heads", "rollout (all layers)"]
+    )
+
+
+def _query_name(q: int, prefix: int, grid: int) -> str:
+    if q < prefix:
+        return "class token" if q == 0 else f"prefix token {q}"
+    r, c = divmod(q - prefix, grid)
+    return f"patch (row {r}, col {c})"
+
+
+def attention_explorer_figure(
+    images,
+    maps,
+    rollouts,
+    patch_size: int,
+    labels=None,
+    prefix: int = 1,
+    layer: int | None = None,
+    query: int = 0,
+):
+    """The explorer's plotly figure: the image, then every head of one layer, the mean of the
+    heads and the rollout, each a map over the patch grid of the chosen query token's attention,
+    drawn over the image on one fixed colour scale.
+
+    images: (B, C, H, W); maps: (L, B, nh, T, T) from `attention.attention_maps`; rollouts:
+    (B, T, T) from `attention.rollout`. The figure shows image 0, the last layer and query
+    ``query`` (0, the class token, by default); every weight rides along in ``layout.meta``
+    (thousandths, as integers), which `attention_explorer_html` reads to move to another
+    image, layer or query in the page, without a kernel."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    L, B, H, g, _ = cls_maps.shape
-    size = images.shape[-1]
-    digits = [np.round(_image2d(images[b]) * 255).astype(int) for b in range(B)]
-
-    def heat(z):
-        return go.Heatmap(
-            z=np.round(_np(z), 4), x0=(patch_size - 1) / 2, dx=patch_size, y0=(patch_size - 1) / 2, dy=patch_size,
-            colorscale="Inferno", opacity=0.6, zmin=0, showscale=True, colorbar=dict(title="weight", len=0.8),
-            hovertemplate="patch row %{y:.0f}px, col %{x:.0f}px<br>weight %{z:.3f}<extra></extra>",
-        )  # fmt: skip
-
-    def digit(b):
-        return go.Heatmap(
-            z=digits[b],
-            colorscale="Greys",
-            reversescale=True,
-            showscale=False,
-            hoverinfo="skip",
-            zmin=0,
-            zmax=255,
+    maps, rollouts = (
+        torch.as_tensor(maps).detach().cpu().float(),
+        torch.as_tensor(rollouts).detach().cpu().float(),
+    )
+    if maps.ndim != 5 or maps.shape[-1] != maps.shape[-2]:
+        raise ValueError(
+            f"maps must be (layers, images, heads, tokens, tokens) from attention.attention_maps, got {tuple(maps.shape)}"
         )
+    L, B, H, T, _ = maps.shape
+    if tuple(rollouts.shape) != (B, T, T):
+        raise ValueError(
+            f"rollouts must be (images, tokens, tokens) = {(B, T, T)} to match maps, got {tuple(rollouts.shape)}: pass attention.rollout(maps)"
+        )
+    if len(images) != B:
+        raise ValueError(
+            f"{len(images)} images for attention maps of {B} images: pass the images the maps were computed on"
+        )
+    grid = math.isqrt(T - prefix)
+    if grid * grid != T - prefix:
+        raise ValueError(
+            f"{T} tokens minus {prefix} prefix token(s) is not a square patch grid: is prefix right?"
+        )
+    layer = L - 1 if layer is None else layer
+    size = images.shape[-1]
+    digits = [np.round(_image2d(images[b]) * 255).astype(int).tolist() for b in range(B)]
+    zmax = explorer_scale(maps, rollouts, prefix)
 
-    frames = [go.Frame(name=f"digit-{b}", data=[digit(b)], traces=[0]) for b in range(B)]
-    for b in range(B):
-        for layer in range(L):
-            for head in range(H):
-                frames.append(
-                    go.Frame(
-                        name=f"attn-{b}-{layer}-{head}",
-                        data=[heat(cls_maps[layer, b, head])],
-                        traces=[1],
-                    )
-                )
-            frames.append(
-                go.Frame(
-                    name=f"attn-{b}-{layer}-mean",
-                    data=[heat(cls_maps[layer, b].mean(0))],
-                    traces=[1],
-                )
+    panels = 1 + H + 2
+    cols = min(panels, 4)
+    rows = math.ceil(panels / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=_panel_titles(H),
+        horizontal_spacing=0.03,
+        vertical_spacing=0.09,
+    )
+    half = (patch_size - 1) / 2
+    digit_traces, heat_traces, marker_traces = [], [], []
+
+    def grid_of(row):  # (T,) weights of one query -> (g, g) over the patches
+        return np.round(row[prefix:].reshape(grid, grid).numpy(), 3)
+
+    first_rows = [maps[layer, 0, h, query] for h in range(H)]
+    first_rows += [maps[layer, 0, :, query].mean(0), rollouts[0, query]]
+    for i in range(panels):
+        r, c = divmod(i, cols)
+        fig.add_trace(
+            go.Heatmap(
+                z=digits[0],
+                colorscale="Greys",
+                reversescale=True,
+                showscale=False,
+                zmin=0,
+                zmax=255,
+                hoverinfo="skip",
+            ),
+            row=r + 1,
+            col=c + 1,
+        )
+        digit_traces.append(len(fig.data) - 1)
+        if i > 0:
+            fig.add_trace(go.Heatmap(
+                z=grid_of(first_rows[i - 1]), x0=half, dx=patch_size, y0=half, dy=patch_size,
+                coloraxis="coloraxis", opacity=0.65,
+                hovertemplate="key patch (row %{y:.0f}px, col %{x:.0f}px)<br>weight %{z:.3f}<extra></extra>",
+            ), row=r + 1, col=c + 1)  # fmt: skip
+            heat_traces.append(len(fig.data) - 1)
+        mx, my = (
+            ([None], [None])
+            if query < prefix
+            else (
+                [((query - prefix) % grid) * patch_size + half],
+                [((query - prefix) // grid) * patch_size + half],
             )
-        frames.append(go.Frame(name=f"attn-{b}-rollout", data=[heat(rollouts[b])], traces=[1]))
-    fig = go.Figure(data=[digit(0), heat(cls_maps[L - 1, 0, 0])], frames=frames)
+        )
+        fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", hoverinfo="skip", showlegend=False,
+                                 marker=dict(symbol="square-open", size=16, color="#00e5ff", line=dict(width=2.5))),
+                      row=r + 1, col=c + 1)  # fmt: skip
+        marker_traces.append(len(fig.data) - 1)
+    for i in range(rows * cols):
+        r, c = divmod(i, cols)
+        fig.update_xaxes(visible=False, range=[-0.5, size - 0.5], row=r + 1, col=c + 1)
+        fig.update_yaxes(
+            visible=False,
+            range=[size - 0.5, -0.5],
+            scaleanchor=f"x{i + 1 if i else ''}",
+            row=r + 1,
+            col=c + 1,
+        )
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        height=420, width=470, margin=dict(l=10, r=10, t=40, b=10),
-        title=f"class-token attention: image 0, layer {L - 1}, head 0",
-        xaxis=dict(visible=False, range=[-0.5, size - 0.5], constrain="domain"),
-        yaxis=dict(visible=False, range=[size - 0.5, -0.5], scaleanchor="x"),
+        height=215 * rows + 50, margin=dict(l=5, r=5, t=50, b=5), showlegend=False,
+        coloraxis=dict(colorscale="Inferno", cmin=0, cmax=zmax,
+                       colorbar=dict(title=dict(text="weight", side="right"), len=0.8, thickness=12)),
+        title=dict(text=f"image 0, layer {layer}, query: {_query_name(query, prefix, grid)}", font_size=14),
     )  # fmt: skip
-    fig.layout.meta = {"images": B, "layers": L, "heads": H}
+    attn = np.round(maps.permute(1, 0, 2, 3, 4).numpy() * 1000).astype(int)  # (B, L, nh, T, T)
+    roll = np.round(rollouts.numpy() * 1000).astype(int)  # (B, T, T)
+    fig.layout.meta = {
+        "images": B, "layers": L, "heads": H, "tokens": T, "prefix": prefix, "grid": grid,
+        "patch": patch_size, "zmax": zmax, "labels": [str(v) for v in (labels or range(B))],
+        "attn": attn.flatten().tolist(), "rollout": roll.flatten().tolist(), "digits": digits,
+        "digit_traces": digit_traces, "heat_traces": heat_traces, "marker_traces": marker_traces,
+    }  # fmt: skip
     return fig
 
 
-def attention_explorer_html(fig, labels=None) -> str:
-    """The explorer for the static page: three drop-downs (image, layer, head or "mean" /
-    "rollout") that animate the plotly figure to the chosen frame, all in the page's JavaScript."""
+_EXPLORER_JS = """
+(function() {
+  var box = document.getElementById("%(id)s-controls");
+  var gd = document.getElementById("%(id)s");
+  function pick(role) { return box.querySelector('select[data-role="' + role + '"]'); }
+  function queryName(q, M) {
+    if (q < M.prefix) { return q === 0 ? "class token" : "prefix token " + q; }
+    return "patch (row " + Math.floor((q - M.prefix) / M.grid) + ", col " + ((q - M.prefix) %% M.grid) + ")";
+  }
+  function update() {
+    var M = gd.layout.meta, T = M.tokens, g = M.grid, P = M.prefix, H = M.heads, L = M.layers;
+    var b = +pick("image").value, l = +pick("layer").value, q = +pick("query").value;
+    function row(src, base) { var r = []; for (var k = 0; k < T; k++) { r.push(src[base + k] / 1000); } return r; }
+    var rows = [];
+    for (var h = 0; h < H; h++) { rows.push(row(M.attn, ((((b * L) + l) * H + h) * T + q) * T)); }
+    var mean = [];
+    for (var k = 0; k < T; k++) { var s = 0; for (h = 0; h < H; h++) { s += rows[h][k]; } mean.push(s / H); }
+    rows.push(mean, row(M.rollout, (b * T + q) * T));
+    var zs = rows.map(function(r) {
+      var z = []; for (var i = 0; i < g; i++) { z.push(r.slice(P + i * g, P + (i + 1) * g)); } return z;
+    });
+    window.Plotly.restyle(gd, {z: zs}, M.heat_traces);
+    window.Plotly.restyle(gd, {z: M.digit_traces.map(function() { return M.digits[b]; })}, M.digit_traces);
+    var half = (M.patch - 1) / 2, mx = [null], my = [null];
+    if (q >= P) { mx = [((q - P) %% g) * M.patch + half]; my = [Math.floor((q - P) / g) * M.patch + half]; }
+    window.Plotly.restyle(gd, {x: M.marker_traces.map(function() { return mx; }),
+                               y: M.marker_traces.map(function() { return my; })}, M.marker_traces);
+    var titles = {"title.text": "image " + b + " (" + M.labels[b] + "), layer " + l + ", query: " + queryName(q, M)};
+    for (h = 0; h < H + 2; h++) {
+      var name = h < H ? "head " + h : (h === H ? "mean of heads" : "rollout (all layers)");
+      var toPrefix = 0; for (var t = 0; t < P; t++) { toPrefix += rows[h][t]; }
+      titles["annotations[" + (h + 1) + "].text"] = name + " \\u00b7 to class token " + toPrefix.toFixed(2);
+    }
+    window.Plotly.relayout(gd, titles);
+    box.setAttribute("data-state", b + "-" + l + "-" + q);
+  }
+  function attach() {
+    if (!gd.on || !gd.layout) { return setTimeout(attach, 100); }
+    gd.on("plotly_click", function(ev) {
+      var M = gd.layout.meta, p = ev.points[0];
+      var r = Math.min(M.grid - 1, Math.max(0, Math.floor((p.y + 0.5) / M.patch)));
+      var c = Math.min(M.grid - 1, Math.max(0, Math.floor((p.x + 0.5) / M.patch)));
+      pick("query").value = String(M.prefix + r * M.grid + c);
+      update();
+    });
+    box.querySelectorAll("select").forEach(function(s) { s.addEventListener("change", update); });
+    update();
+  }
+  attach();
+})();
+"""
+
+
+def attention_explorer_html(fig) -> str:
+    """The explorer for the static page: drop-downs for the image, the layer and the query token
+    (a click on any panel picks that patch as the query), redrawn by the page's JavaScript from
+    the weights in the figure. Works in the built book and in Colab, with no kernel."""
     import uuid
 
-    meta = fig.layout.meta
-    B, L, H = meta["images"], meta["layers"], meta["heads"]
-    uid = uuid.uuid4().hex[:10]
-    div_id = f"vitbook-explorer-{uid}"
-    labels = labels or [str(b) for b in range(B)]
-    img_opts = "".join(f'<option value="{b}">{b}: {labels[b]}</option>' for b in range(B))
+    M = fig.layout.meta
+    B, L, T, P, g = M["images"], M["layers"], M["tokens"], M["prefix"], M["grid"]
+    div_id = f"vitbook-explorer-{uuid.uuid4().hex[:10]}"
+    img_opts = "".join(f'<option value="{b}">{b}: {M["labels"][b]}</option>' for b in range(B))
     layer_opts = "".join(
-        f'<option value="{layer}"{" selected" if layer == L - 1 else ""}>{layer}</option>'
-        for layer in range(L)
+        f'<option value="{i}"{" selected" if i == L - 1 else ""}>{i}</option>' for i in range(L)
     )
-    head_opts = (
-        "".join(f'<option value="{h}">head {h}</option>' for h in range(H))
-        + '<option value="mean">mean of heads</option><option value="rollout">rollout (all layers)</option>'
-    )
+    query_opts = "".join(f'<option value="{q}">{_query_name(q, P, g)}</option>' for q in range(T))
     controls = f"""<div class="vitbook-explorer-controls" id="{div_id}-controls" style="margin:0.5em 0;font-size:0.9em">
 <label>image <select data-role="image">{img_opts}</select></label>
 <label style="margin-left:1em">layer <select data-role="layer">{layer_opts}</select></label>
-<label style="margin-left:1em">head <select data-role="head">{head_opts}</select></label>
+<label style="margin-left:1em">query <select data-role="query">{query_opts}</select></label>
+<span style="margin-left:1em;color:#555">one colour scale for every frame: 0 to {M["zmax"]:.2f}</span>
 </div>"""
-    script = f"""<script type="text/javascript">
-(function() {{
-  var box = document.getElementById("{div_id}-controls");
-  function pick(role) {{ return box.querySelector('select[data-role="' + role + '"]').value; }}
-  function update() {{
-    var b = pick("image"), l = pick("layer"), h = pick("head");
-    var attn = h === "rollout" ? "attn-" + b + "-rollout" : "attn-" + b + "-" + l + "-" + h;
-    var what = h === "rollout" ? "rollout" : ("layer " + l + ", " + (h === "mean" ? "mean of heads" : "head " + h));
-    var gd = document.getElementById("{div_id}");
-    window.Plotly.animate(gd, ["digit-" + b, attn], {{mode: "immediate", frame: {{duration: 0, redraw: true}}, transition: {{duration: 0}}}})
-      .then(function() {{ window.Plotly.relayout(gd, {{"title.text": "class-token attention: image " + b + ", " + what}}); }});
-    box.setAttribute("data-frame", attn);
-  }}
-  box.querySelectorAll("select").forEach(function(s) {{ s.addEventListener("change", update); }});
-}})();
-</script>"""
+    script = '<script type="text/javascript">' + _EXPLORER_JS % {"id": div_id} + "</script>"
     return controls + plotly_html(fig, div_id=div_id) + script
 
 
-def show_attention_explorer(fig, labels=None) -> None:
+def show_attention_explorer(fig) -> None:
     """Display the no-kernel explorer (works in the static HTML book and in Colab)."""
     from IPython.display import HTML, display
 
-    display(HTML(attention_explorer_html(fig, labels)))
+    display(HTML(attention_explorer_html(fig)))
 
 
 class AttentionExplorer:
-    """The live explorer for a running kernel (Jupyter, Colab): ipywidgets controls for image,
-    layer and head (or "mean" / "rollout") that redraw a matplotlib overlay as they change.
+    """The live explorer for a running kernel (Jupyter, Colab): ipywidgets for the image, the
+    layer and the query token that redraw, with matplotlib, every head of the layer, the mean of
+    the heads and the rollout, on one colour scale.
 
-    ``explorer.widget`` is what to display; ``explorer.drawn`` says what is on screen now, as
-    ``(image, layer, head)``: the tests set the controls' values in Python and read it back."""
+    ``explorer.widget`` is the widget; ``explorer.drawn`` says what is on screen now, as
+    ``(image, layer, query)``: the tests set the controls in Python and read it back. Displayed
+    (as a cell's last value) it offers both the live widget and a picture of its present state
+    with a note, so a page built without a kernel shows the picture, not controls that cannot
+    redraw."""
 
-    def __init__(self, images, cls_maps, rollouts, labels=None):
+    def __init__(self, images, maps, rollouts, labels=None, prefix: int = 1):
         import ipywidgets as W
 
-        self.images, self.cls_maps, self.rollouts = images, cls_maps, rollouts
-        L, B, H = cls_maps.shape[:3]
+        self.images, self.maps, self.rollouts, self.prefix = (
+            images,
+            maps.detach().cpu(),
+            rollouts.detach().cpu(),
+            prefix,
+        )
+        L, B, H, T, _ = self.maps.shape
+        self.grid = math.isqrt(T - prefix)
+        self.vmax = explorer_scale(self.maps, self.rollouts, prefix)
         labels = labels or [str(b) for b in range(B)]
         self.image = W.Dropdown(
             options=[(f"{b}: {labels[b]}", b) for b in range(B)], value=0, description="image"
         )
         self.layer = W.IntSlider(value=L - 1, min=0, max=L - 1, description="layer")
-        self.head = W.Dropdown(
-            options=[(f"head {h}", h) for h in range(H)]
-            + [("mean of heads", "mean"), ("rollout", "rollout")],
+        self.query = W.Dropdown(
+            options=[(_query_name(q, prefix, self.grid), q) for q in range(T)],
             value=0,
-            description="head",
+            description="query",
         )
         self.out = W.Output()
         self.drawn = None
         self.draw_count = 0
-        for control in (self.image, self.layer, self.head):
+        for control in (self.image, self.layer, self.query):
             control.observe(lambda change: self.redraw(), names="value")
-        self.widget = W.VBox([W.HBox([self.image, self.layer, self.head]), self.out])
+        self.widget = W.VBox([W.HBox([self.image, self.layer, self.query]), self.out])
         self.redraw()
 
-    def current_map(self):
-        b, layer, head = self.image.value, self.layer.value, self.head.value
-        if head == "rollout":
-            return self.rollouts[b]
-        if head == "mean":
-            return self.cls_maps[layer, b].mean(0)
-        return self.cls_maps[layer, b, head]
+    def current_maps(self) -> torch.Tensor:
+        """(nh + 2, g, g): each head's, the heads' mean and the rollout's row for the query."""
+        b, layer, q = self.image.value, self.layer.value, self.query.value
+        rows = torch.cat([self.maps[layer, b, :, q], self.maps[layer, b, :, q].mean(0, keepdim=True),
+                          self.rollouts[b, q][None]])  # fmt: skip
+        return rows[:, self.prefix :].reshape(-1, self.grid, self.grid)
+
+    def figure(self):
+        b, layer, q = self.image.value, self.layer.value, self.query.value
+        heats = self.current_maps()
+        titles = _panel_titles(len(heats) - 2)[1:]
+        fig, axes = plt.subplots(1, len(heats) + 1, figsize=(1.15 * (len(heats) + 1) + 0.6, 1.7))
+        axes[0].imshow(_image2d(self.images[b]), cmap="gray")
+        axes[0].set_title("image", fontsize=9)
+        axes[0].axis("off")
+        for ax, heat, title in zip(axes[1:], heats, titles):
+            im = overlay(
+                ax, self.images[b], heat, title.replace(" (all layers)", ""), vmax=self.vmax
+            )
+            ax.title.set_fontsize(9)
+        fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).ax.tick_params(labelsize=9)
+        fig.suptitle(
+            f"image {b}, layer {layer}, query: {_query_name(q, self.prefix, self.grid)}",
+            fontsize=10,
+            y=1.02,
+        )
+        return fig
 
     def redraw(self):
-        b, layer, head = self.image.value, self.layer.value, self.head.value
         with self.out:
             self.out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(3.4, 3.4))
-            what = (
-                "rollout"
-                if head == "rollout"
-                else f"layer {layer}, {'mean' if head == 'mean' else f'head {head}'}"
-            )
-            overlay(ax, self.images[b], self.current_map(), what)
+            fig = self.figure()
             plt.show()
             plt.close(fig)
-        self.drawn = (b, layer, head)
+        self.drawn = (self.image.value, self.layer.value, self.query.value)
         self.draw_count += 1
 
-
-# ---------------------------------------------------------------------------------------------
-# Embeddings
-
-
-def png_data_uri(image, scale: int = 3) -> str:
-    """A small grey image as a PNG data URI (for hover previews in static HTML)."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    a = (np.clip(_image2d(image), 0, 1) * 255).astype(np.uint8)
-    img = Image.fromarray(a, mode="L").resize(
-        (a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST
-    )
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def embedding_scatter(points, groups, images, title: str, group_order=None, symbols=None):
-    """A plotly scatter of 2D points coloured by group; ``images`` (one per point) are shown
-    beside the plot when a point is hovered or clicked (see `embedding_scatter_html`)."""
-    import plotly.graph_objects as go
-
-    pts = _np(points)
-    groups = list(groups)
-    order = group_order or sorted(set(groups), key=groups.index)
-    fig = go.Figure()
-    for g in order:
-        idx = [i for i, gg in enumerate(groups) if gg == g]
-        fig.add_trace(
-            go.Scattergl(
-                x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=str(g), customdata=idx,
-                marker=dict(size=5, opacity=0.75, symbol=(symbols or {}).get(g, "circle")),
-                hovertemplate=f"{g}<extra></extra>",
-            )
-        )  # fmt: skip
-    fig.update_layout(
-        title=title,
-        height=460,
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(itemsizing="constant"),
-        xaxis=dict(showticklabels=False),
-        yaxis=dict(showticklabels=False),
-    )
-    fig.layout.meta = {"images": [png_data_uri(im) for im in images]}
-    return fig
-
-
-def embedding_scatter_html(fig) -> str:
-    """The scatter plus an image panel: hovering or clicking a point shows its image."""
-    import json
-    import uuid
-
-    images = fig.layout.meta["images"]
-    fig = go_copy_without_meta(fig)
-    div_id = f"vitbook-scatter-{uuid.uuid4().hex[:10]}"
-    panel = f"""<div style="display:flex;align-items:flex-start;gap:12px">
-<div style="flex:1;min-width:0">{plotly_html(fig, div_id=div_id)}</div>
-<div style="width:100px;text-align:center;font-size:0.8em;padding-top:60px">
-<img id="{div_id}-img" class="vitbook-hover-image" alt="hover a point" src="{images[0]}" style="width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc;background:#000"/>
-<div id="{div_id}-caption">hover or click a point</div></div></div>"""  # starts on point 0
-    script = f"""<script type="text/javascript">
-(function() {{
-  var images = {json.dumps(images)};
-  function attach() {{
-    var gd = document.getElementById("{div_id}");
-    if (!gd || !gd.on) {{ return setTimeout(attach, 100); }}
-    function show(ev) {{
-      var p = ev.points[0];
-      document.getElementById("{div_id}-img").src = images[p.customdata];
-      document.getElementById("{div_id}-caption").textContent = p.data.name;
-      gd.setAttribute("data-shown", p.customdata);
-    }}
-    gd.on("plotly_hover", show);
-    gd.on("plotly_click", show);
-  }}
-  attach();
-}})();
-</script>"""
-    return panel + script
-
-
-def go_copy_without_meta(fig):
-    import plotly.graph_objects as go
-
-    out = go.Figure(fig)
-    out.layout.meta = None
-    return out
-
-
-def show_embedding_scatter(fig) -> None:
-    from IPython.display import HTML, display
-
-    display(HTML(embedding_scatter_html(fig)))
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        fig = self.figure()
+        uri = png_data_uri_figure(fig)
+        plt.close(fig)
+        bundle["text/html"] = (
+            '<div class="vitbook-widget-still"><img alt="the live explorer as this cell left it" '
+            f'src="{uri}" style="max-width:100%"/><p style="font-size:0.9em;color:#555">A still of the '
+            "live explorer, as the cell left it: its controls need a running kernel. Open the chapter "
+            "in Colab (the badge at the top) to move them, or use the explorer above, which works "
+            "in this page.</p></div>"
+        )
+        return bundle

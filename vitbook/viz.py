@@ -9,9 +9,7 @@ HTML with no kernel and no network.
 
 from __future__ import annotations
 
-import inspect
 import math
-import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,36 +18,25 @@ import torch
 from .model import patchify
 
 CMAP_ATTN = "inferno"
+GROUP_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
-def show_source(*objects, skip_docstring: bool = False):
-    """The source code of classes or functions of the package, highlighted, for the page: the
-    notebook shows the code it runs, taken from ``vitbook`` itself, so the page and the code can
-    never disagree. Returns an ``IPython.display.Code`` (renders in Jupyter, Colab and the
-    built book). ``skip_docstring`` drops each function's docstring to keep the page short."""
-    from IPython.display import Code
-
-    parts = []
-    for obj in objects:
-        try:
-            src = textwrap.dedent(inspect.getsource(obj))
-        except TypeError as e:
-            raise TypeError(
-                f"show_source takes classes and functions, got {type(obj).__name__}: {e}"
-            ) from None
-        if skip_docstring and obj.__doc__:
-            doc = inspect.getdoc(obj)
-            start = src.find('"""')
-            end = src.find('"""', start + 3) if start >= 0 else -1
-            if start >= 0 and end > start and doc.split("\n")[0] in src[start:end]:
-                line_end = src.find("\n", end)
-                src = (
-                    src[:start].rstrip(" ") + src[line_end + 1 :].lstrip("\n")
-                    if line_end > 0
-                    else src
-                )
-        parts.append(src.rstrip())
-    return Code("\n\n\n".join(parts), language="python")
+def group_colors(groups) -> dict:
+    """One colour per group, in the order given (matplotlib's tab10): the static and the
+    interactive figures of the same groups take their colours from here, so they agree."""
+    names = list(dict.fromkeys(groups))
+    return {g: GROUP_PALETTE[i % len(GROUP_PALETTE)] for i, g in enumerate(names)}
 
 
 def _np(x) -> np.ndarray:
@@ -73,18 +60,28 @@ def _image2d(img) -> np.ndarray:
 def show_images(
     images, labels=None, ncols: int = 8, size: float = 1.2, title: str | None = None, cmap="gray"
 ):
-    """A grid of images with optional captions (labels can be ints or strings)."""
+    """A grid of images with optional captions (labels can be ints or strings), at most
+    ``ncols`` a row and as many rows as it takes for the grid to fit the book's column with
+    captions that can be read: cells are ``size`` inches, at least 0.85 with captions."""
     n = len(images)
+    size = max(size, 0.85 if labels is not None else 0.5)
+    ncols = max(1, min(ncols, n, int(6.8 // size)))
     nrows = max(1, math.ceil(n / ncols))
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False
+        nrows,
+        ncols,
+        figsize=(
+            ncols * size,
+            nrows * size * (1.25 if labels is not None else 1.05) + (0.3 if title else 0),
+        ),
+        squeeze=False,
     )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(_image2d(images[i]), cmap=cmap, vmin=0, vmax=1)
             if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=8)
+                ax.set_title(str(labels[i]), fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -99,8 +96,8 @@ def show_patch_grid(image, patch_size: int, title: str | None = None):
     g = H // patch_size
     x = torch.as_tensor(np.asarray(img, dtype=np.float32)).reshape(1, 1, H, H)
     patches = patchify(x, patch_size)[0].reshape(-1, patch_size, patch_size)  # (N, P, P)
-    fig = plt.figure(figsize=(11, 3.4))
-    ax = fig.add_axes([0.02, 0.1, 0.25, 0.8])
+    fig = plt.figure(figsize=(6.8, 2.6))
+    ax = fig.add_axes([0.01, 0.04, 0.3, 0.82])
     ax.imshow(img, cmap="gray", vmin=0, vmax=1)
     for k in range(1, g):
         ax.axhline(k * patch_size - 0.5, color="tab:orange", lw=1)
@@ -112,21 +109,24 @@ def show_patch_grid(image, patch_size: int, title: str | None = None):
                 r * patch_size + 2.5,
                 str(r * g + c),
                 color="tab:orange",
-                fontsize=7,
+                fontsize=9,
             )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"{g}x{g} grid of {patch_size}x{patch_size} patches")
     n = len(patches)
-    w = 0.68 / n
+    per_row = min(n, 8)
+    rows = math.ceil(n / per_row)
+    w = 0.62 / per_row
     for i, p in enumerate(patches):
-        a = fig.add_axes([0.30 + i * w, 0.35, w * 0.9, 0.3])
+        r, c = divmod(i, per_row)
+        a = fig.add_axes([0.36 + c * w, 0.62 - r * (w * 2.6 + 0.1), w * 0.9, w * 2.6 * 0.9])
         a.imshow(_np(p), cmap="gray", vmin=0, vmax=1)
         a.set_xticks([])
         a.set_yticks([])
-        if i % max(1, n // 8) == 0:
-            a.set_title(str(i), fontsize=7)
-    fig.text(0.64, 0.15, f"the sequence: {n} patches -> {n} tokens", ha="center")
+        if rows <= 4 and (c == 0 or c == per_row - 1):
+            a.set_title(str(i), fontsize=9, pad=2)
+    fig.text(0.67, 0.0, f"the sequence, row by row: {n} patches -> {n} tokens", ha="center")
     return fig
 
 
@@ -136,7 +136,7 @@ def show_patch_grid(image, patch_size: int, title: str | None = None):
 
 def plot_history(history, ax=None):
     """Loss per step (smoothed) and per-epoch train/validation loss and accuracy."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.8, 3.0))
     loss = np.asarray(history.step_loss)
     spe = max(1, history.steps_per_epoch)
     steps = np.arange(len(loss)) / spe
@@ -180,7 +180,7 @@ def plot_grad_flow(history):
     names = list(history.grad_norms)
     norms = np.array([history.grad_norms[n] for n in names])  # (layers, records)
     steps = np.asarray(history.grad_steps) / max(1, history.steps_per_epoch)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.8, 3.2), gridspec_kw={"width_ratios": [1.3, 1]})
     im = ax1.imshow(
         np.log10(norms + 1e-12),
         aspect="auto",
@@ -188,18 +188,18 @@ def plot_grad_flow(history):
         extent=[steps[0], steps[-1], len(names) - 0.5, -0.5],
     )
     ax1.set_yticks(range(len(names)))
-    ax1.set_yticklabels(names, fontsize=7)
+    ax1.set_yticklabels(names, fontsize=9)
     ax1.set_xlabel("epoch")
-    ax1.set_title("log10 gradient norm per layer")
-    fig.colorbar(im, ax=ax1)
+    ax1.set_title("gradient norm per layer")
+    fig.colorbar(im, ax=ax1, label="log10 norm")
     picks = sorted({0, len(names) // 2, len(names) - 1})
     for i in picks:
         ax2.plot(steps, norms[i], label=names[i], lw=0.8)
     ax2.set_yscale("log")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("gradient norm")
-    ax2.legend(fontsize=8)
-    ax2.set_title("first, middle and last layers")
+    ax2.legend()
+    ax2.set_title("first, middle, last")
     fig.tight_layout()
     return fig
 
@@ -220,19 +220,22 @@ def plot_confusion(cm, class_names=None, title="confusion matrix (test set)"):
     names = class_names or [str(i) for i in range(k)]
     off = cm.copy().astype(float)
     np.fill_diagonal(off, np.nan)
-    fig, ax = plt.subplots(figsize=(0.5 * k + 2.5, 0.5 * k + 2))
-    ax.imshow(off, cmap="Reds")
+    fig, ax = plt.subplots(figsize=(min(6.8, 0.45 * k + 2.4), min(6.0, 0.45 * k + 1.6)))
+    im = ax.imshow(off, cmap="Reds", vmin=0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="errors (off the diagonal)")
+    top = np.nanmax(off) if np.isfinite(off).any() else 1
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
+                dark = i != j and off[i, j] > 0.55 * top  # light text on dark red, dark on light
                 ax.text(
                     j,
                     i,
                     cm[i, j],
                     ha="center",
                     va="center",
-                    fontsize=7,
-                    color="0.4" if i == j else "black",
+                    fontsize=9 if k <= 10 else 8,
+                    color="0.45" if i == j else ("white" if dark else "black"),
                 )
     ax.set_xticks(range(k))
     ax.set_xticklabels(
@@ -257,39 +260,47 @@ def plot_attention_heads(attn, tokens=None, title="attention weights, one map pe
     """One heat map per head of a single (H, T, T) attention tensor."""
     a = _np(attn)
     h = a.shape[0]
-    fig, axes = plt.subplots(1, h, figsize=(2.6 * h, 2.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, h, figsize=(min(6.8, 1.55 * h + 0.9), 2.3), squeeze=False, layout="constrained"
+    )
+    vmax = float(a.max())  # one scale for every head, so the maps compare
     for i, ax in enumerate(axes[0]):
-        ax.imshow(a[i], cmap=CMAP_ATTN, vmin=0)
+        im = ax.imshow(a[i], cmap=CMAP_ATTN, vmin=0, vmax=vmax)
         ax.set_title(f"head {i}", fontsize=9)
         ax.set_xlabel("key")
         if i == 0:
             ax.set_ylabel("query")
-        if tokens is not None and len(tokens) <= 20:
+        if tokens is not None and len(tokens) <= 8:
             ax.set_xticks(range(len(tokens)))
-            ax.set_xticklabels(tokens, fontsize=6, rotation=90)
+            ax.set_xticklabels(tokens, fontsize=9, rotation=90)
             ax.set_yticks(range(len(tokens)))
-            ax.set_yticklabels(tokens, fontsize=6)
+            ax.set_yticklabels(tokens if i == 0 else [], fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.04, label="weight")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
-def overlay(ax, image, heat, title=None, alpha=0.6):
-    """Draw a grey image with a heat map (patch grid or full size) stretched over it."""
+def overlay(ax, image, heat, title=None, alpha=0.6, vmin=0.0, vmax=None):
+    """Draw a grey image with a heat map (patch grid or full size) stretched over it, on the scale
+    ``vmin``..``vmax`` (``vmax=None``: this map's maximum). Returns the heat map's image, for a
+    colour bar (``fig.colorbar(im, ax=...)``); pass one ``vmax`` to maps that are compared."""
     img = _image2d(image)
     ax.imshow(img, cmap="gray", vmin=0, vmax=1)
     h = _np(heat)
-    ax.imshow(
+    im = ax.imshow(
         h,
         cmap=CMAP_ATTN,
         alpha=alpha,
+        vmin=vmin,
+        vmax=vmax,
         extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
         interpolation="nearest",
     )
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    return im
 
 
 def plot_cls_attention_grid(
@@ -297,21 +308,30 @@ def plot_cls_attention_grid(
 ):
     """A grid of overlays: rows are layers, columns heads. cls_maps: (L, nh, g, g) for one image."""
     L, H = cls_maps.shape[:2]
-    fig, axes = plt.subplots(L, H + 1, figsize=(1.6 * (H + 1), 1.7 * L), squeeze=False)
+    fig, axes = plt.subplots(
+        L,
+        H + 1,
+        figsize=(min(6.3, 1.2 * (H + 1) + 0.7), 1.3 * L + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
+    vmax = float(_np(cls_maps).max())  # one scale for all the maps
+    im = None
     for layer in range(L):
         axes[layer, 0].imshow(_image2d(image), cmap="gray")
         axes[layer, 0].set_ylabel(f"layer {layer}")
         axes[layer, 0].set_xticks([])
         axes[layer, 0].set_yticks([])
         for head in range(H):
-            overlay(
+            im = overlay(
                 axes[layer, head + 1],
                 image,
                 cls_maps[layer, head],
-                f"L{layer} H{head}" if layer == 0 else None,
+                f"head {head}" if layer == 0 else None,
+                vmax=vmax,
             )
+    fig.colorbar(im, ax=axes, fraction=0.04, label="attention weight")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -330,11 +350,11 @@ def plot_position_similarity(
         ax.set_xticks([])
         ax.set_yticks([])
         if i // g == g - 1:
-            ax.set_xlabel(str(i % g + 1), fontsize=7)
+            ax.set_xlabel(str(i % g + 1), fontsize=9)
         if i % g == 0:
-            ax.set_ylabel(str(i // g + 1), fontsize=7)
-    fig.supxlabel("input patch column", fontsize=9)
-    fig.supylabel("input patch row", fontsize=9)
+            ax.set_ylabel(str(i // g + 1), fontsize=9)
+    fig.supxlabel("input patch column", fontsize=10)
+    fig.supylabel("input patch row", fontsize=10)
     fig.suptitle(title)
     fig.colorbar(im, ax=axes, fraction=0.03, label="cosine similarity")
     return fig

@@ -4,7 +4,6 @@ after `make book`; screenshots land in _build/screenshots/."""
 
 import functools
 import http.server
-import re
 import threading
 from pathlib import Path
 
@@ -94,6 +93,39 @@ def open_page(browser, url):
     return page, problems
 
 
+# Every code block, text output, table, figure and plotly plot: wider than the article column, or
+# wider inside than its own box (a scroll bar), is "too wide". Returns a description of each.
+TOO_WIDE = """() => {
+  const column = (document.querySelector('article.bd-article') || document.querySelector('main')).getBoundingClientRect();
+  const blocks = document.querySelectorAll('article div.cell_input pre, article div.cell_output pre, article div.highlight pre, '
+    + 'article div.cell_output table, article div.cell_output img, article .vitbook-plotly, article table.vitbook-table');
+  const bad = [];
+  for (const el of blocks) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0) continue;
+    if (r.right > column.right + 1 || r.left < column.left - 1 || el.scrollWidth > el.clientWidth + 1) {
+      const what = (el.tagName === 'IMG' ? 'img ' + el.src.slice(-30) : el.tagName + ' ' + el.textContent.trim().slice(0, 50));
+      bad.push(`${what} (${Math.round(el.scrollWidth)} px in a ${Math.round(column.width)} px column)`);
+    }
+  }
+  return bad;
+}"""
+
+# Widgets saved hidden (a progress bar that closed itself) that still take room on the page.
+BLANK_WIDGETS = """() => Array.from(document.querySelectorAll('.widget-subarea')).filter(s =>
+  s.getBoundingClientRect().height > 0 && s.children.length > 0
+  && Array.from(s.children).every(c => getComputedStyle(c).visibility === 'hidden')).length"""
+
+# Is the element (a selector) drawn on top at its corners and centre, i.e. not covered by another?
+COVERED = """(selector) => {
+  const el = document.querySelector(selector);
+  const r = el.getBoundingClientRect();
+  const points = [[r.left + 3, r.top + 3], [r.right - 3, r.top + 3], [r.left + 3, r.bottom - 3],
+                  [r.right - 3, r.bottom - 3], [(r.left + r.right) / 2, (r.top + r.bottom) / 2]];
+  return points.filter(([x, y]) => document.elementFromPoint(x, y) !== el).map(p => p.map(Math.round).join(','));
+}"""
+
+
 @pytest.mark.parametrize("doc", toc_pages())
 def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, server, doc):
     html = doc + ".html"
@@ -133,10 +165,20 @@ def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, serve
             "els => els.length",
         )
         assert external > 0, "no external link (the References link the papers)"
+    blank = page.evaluate(BLANK_WIDGETS)
+    assert blank == 0, f"{blank} hidden widget(s) leave a blank strip on the page"
+    too_wide = page.evaluate(TOO_WIDE)
+    assert too_wide == [], "blocks wider than the column:\n" + "\n".join(too_wide)
+    if doc == "book/09_clustering":
+        image = page.locator(".vitbook-hover-image").first
+        image.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        hidden = page.evaluate(COVERED, ".vitbook-hover-image")
+        assert hidden == [], f"the hover image is covered on load at {hidden}"
     page.close()
 
 
-def test_attention_explorer_responds_to_a_click(browser, server):
+def test_attention_explorer_shows_every_head_and_takes_any_query(browser, server):
     doc = "book/06_attention_maps"
     if doc not in toc_pages():
         pytest.skip("chapter 6 is not in the book yet")
@@ -145,23 +187,62 @@ def test_attention_explorer_responds_to_a_click(browser, server):
     box.scroll_into_view_if_needed()
     plot_id = box.get_attribute("id").removesuffix("-controls")
     figure = page.locator(f"#{plot_id}")
-    before_z = page.evaluate(f"JSON.stringify(document.getElementById('{plot_id}').data[1].z)")
+    page.wait_for_function(
+        f"document.getElementById('{plot_id}-controls').getAttribute('data-state') !== null"
+    )
+    meta = page.evaluate(
+        f"(() => {{ const M = document.getElementById('{plot_id}').layout.meta; return {{heads: M.heads, traces: M.heat_traces}}; }})()"
+    )
+    assert len(meta["traces"]) == meta["heads"] + 2 >= 3, (
+        meta
+    )  # every head at once, their mean, the rollout
+
+    def heat():
+        return page.evaluate(
+            f"JSON.stringify(document.getElementById('{plot_id}').data.map(t => t.z))"
+        )
+
     SHOTS.mkdir(parents=True, exist_ok=True)
     figure.screenshot(path=str(SHOTS / "explorer_before.png"))
-    box.locator('select[data-role="head"]').select_option("2")
-    page.wait_for_function(
-        f"document.getElementById('{plot_id}-controls').getAttribute('data-frame') !== null"
+    before = heat()
+    box.locator('select[data-role="query"]').select_option("6")  # patch (row 1, col 1)
+    page.wait_for_timeout(300)
+    title = page.evaluate(f"document.getElementById('{plot_id}').layout.title.text")
+    assert box.get_attribute("data-state").endswith("-6") and "patch (row 1, col 1)" in title, title
+    assert heat() != before, "choosing another query did not change the maps"
+    # a click on a panel picks the patch under the pointer as the query
+    panel = page.locator(f"#{plot_id} .nsewdrag[data-subplot='x3y3']").first
+    panel.click(
+        position={
+            "x": panel.bounding_box()["width"] * 0.62,
+            "y": panel.bounding_box()["height"] * 0.15,
+        }
     )
     page.wait_for_timeout(300)
-    after_z = page.evaluate(f"JSON.stringify(document.getElementById('{plot_id}').data[1].z)")
-    title = page.evaluate(f"document.getElementById('{plot_id}').layout.title.text")
+    query = int(box.locator('select[data-role="query"]').input_value())
+    assert query not in (0, 6) and box.get_attribute("data-state").endswith(f"-{query}"), query
     figure.screenshot(path=str(SHOTS / "explorer_after.png"))
-    assert box.get_attribute("data-frame").endswith("-2")
-    assert after_z != before_z, "choosing another head did not change the map"
-    assert re.search(r"head 2", title), title
     box.locator('select[data-role="image"]').select_option("5")
-    box.locator('select[data-role="head"]').select_option("rollout")
+    box.locator('select[data-role="layer"]').select_option("0")
     page.wait_for_timeout(300)
-    assert box.get_attribute("data-frame") == "attn-5-rollout"
+    assert box.get_attribute("data-state") == f"5-0-{query}"
+    # one colour scale for every frame
+    scale = page.evaluate(f"document.getElementById('{plot_id}').layout.coloraxis.cmax")
+    assert scale == page.evaluate(f"document.getElementById('{plot_id}').layout.meta.zmax") > 0
+    # the live widget's place holds its still and a note, not controls that cannot redraw
+    assert page.locator("div.vitbook-widget-still img").count() == 1
+    assert (
+        page.locator("div.cell_output .widget-dropdown, div.cell_output .widget-slider").count()
+        == 0
+    )
+    assert problems == [], "\n".join(problems)
+    page.close()
+
+
+def test_the_index_lists_the_books_terms(browser, server):
+    page, problems = open_page(browser, f"{server}/genindex.html")
+    entries = page.eval_on_selector_all("table.indextable a", "els => els.map(e => e.textContent)")
+    assert len(entries) >= 30, entries  # the glossary's terms
+    assert any("attention rollout" in e for e in entries), entries
     assert problems == [], "\n".join(problems)
     page.close()

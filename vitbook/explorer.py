@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -38,12 +37,14 @@ def explorer_scale(maps: torch.Tensor, rollouts: torch.Tensor, prefix: int = 1) 
     return max(0.05, math.ceil(q * 20) / 20)
 
 
-def _panel_titles(H: int) -> list[str]:
-    return (
-        ["the image: click a patch"]
-        + [f"head {h}" for h in range(H)]
-        + ["mean of heads", "rollout (all layers)"]
-    )
+def _panel_titles(rows) -> list[str]:
+    """Each panel's title: what it shows, and the weight its query gives to the prefix tokens
+    (the class token), which have no place on the patch grid. rows: (nh + 2, T) per panel."""
+    H = len(rows) - 2
+    names = [f"head {h}" for h in range(H)] + ["mean of heads", "rollout (all layers)"]
+    return ["the image<br>click a patch to query it"] + [
+        f"{name}<br>to class token {float(to_prefix):.2f}" for name, to_prefix in zip(names, rows)
+    ]
 
 
 def _query_name(q: int, prefix: int, grid: int) -> str:
@@ -105,21 +106,22 @@ def attention_explorer_figure(
     panels = 1 + H + 2
     cols = min(panels, 4)
     rows = math.ceil(panels / cols)
+    first_rows = [maps[layer, 0, h, query] for h in range(H)]
+    first_rows += [maps[layer, 0, :, query].mean(0), rollouts[0, query]]
     fig = make_subplots(
         rows=rows,
         cols=cols,
-        subplot_titles=_panel_titles(H),
+        subplot_titles=_panel_titles([r[:prefix].sum() for r in first_rows]),
         horizontal_spacing=0.03,
-        vertical_spacing=0.09,
+        vertical_spacing=0.16,
     )
     half = (patch_size - 1) / 2
     digit_traces, heat_traces, marker_traces = [], [], []
+    where = [[f"row {r}, col {c}" for c in range(grid)] for r in range(grid)]  # hover text
 
     def grid_of(row):  # (T,) weights of one query -> (g, g) over the patches
         return np.round(row[prefix:].reshape(grid, grid).numpy(), 3)
 
-    first_rows = [maps[layer, 0, h, query] for h in range(H)]
-    first_rows += [maps[layer, 0, :, query].mean(0), rollouts[0, query]]
     for i in range(panels):
         r, c = divmod(i, cols)
         fig.add_trace(
@@ -139,8 +141,8 @@ def attention_explorer_figure(
         if i > 0:
             fig.add_trace(go.Heatmap(
                 z=grid_of(first_rows[i - 1]), x0=half, dx=patch_size, y0=half, dy=patch_size,
-                coloraxis="coloraxis", opacity=0.65,
-                hovertemplate="key patch (row %{y:.0f}px, col %{x:.0f}px)<br>weight %{z:.3f}<extra></extra>",
+                coloraxis="coloraxis", opacity=0.65, customdata=where,
+                hovertemplate="key patch %{customdata}<br>weight %{z:.3f}<extra></extra>",
             ), row=r + 1, col=c + 1)  # fmt: skip
             heat_traces.append(len(fig.data) - 1)
         mx, my = (
@@ -157,20 +159,23 @@ def attention_explorer_figure(
         marker_traces.append(len(fig.data) - 1)
     for i in range(rows * cols):
         r, c = divmod(i, cols)
-        fig.update_xaxes(visible=False, range=[-0.5, size - 0.5], row=r + 1, col=c + 1)
+        fig.update_xaxes(
+            visible=False, range=[-0.5, size - 0.5], constrain="domain", row=r + 1, col=c + 1
+        )
         fig.update_yaxes(
             visible=False,
             range=[size - 0.5, -0.5],
+            constrain="domain",
             scaleanchor=f"x{i + 1 if i else ''}",
             row=r + 1,
             col=c + 1,
         )
-    fig.update_annotations(font_size=12)
+    fig.update_annotations(font_size=11)
     fig.update_layout(
-        height=215 * rows + 50, margin=dict(l=5, r=5, t=50, b=5), showlegend=False,
+        height=185 * rows + 80, plot_bgcolor="white", margin=dict(l=5, r=5, t=80, b=5), showlegend=False,
         coloraxis=dict(colorscale="Inferno", cmin=0, cmax=zmax,
                        colorbar=dict(title=dict(text="weight", side="right"), len=0.8, thickness=12)),
-        title=dict(text=f"image 0, layer {layer}, query: {_query_name(query, prefix, grid)}", font_size=14),
+        title=dict(text=f"image 0, layer {layer}, query: {_query_name(query, prefix, grid)}", font_size=14, y=0.98, yref="container", yanchor="top"),
     )  # fmt: skip
     attn = np.round(maps.permute(1, 0, 2, 3, 4).numpy() * 1000).astype(int)  # (B, L, nh, T, T)
     roll = np.round(rollouts.numpy() * 1000).astype(int)  # (B, T, T)
@@ -214,7 +219,7 @@ _EXPLORER_JS = """
     for (h = 0; h < H + 2; h++) {
       var name = h < H ? "head " + h : (h === H ? "mean of heads" : "rollout (all layers)");
       var toPrefix = 0; for (var t = 0; t < P; t++) { toPrefix += rows[h][t]; }
-      titles["annotations[" + (h + 1) + "].text"] = name + " \\u00b7 to class token " + toPrefix.toFixed(2);
+      titles["annotations[" + (h + 1) + "].text"] = name + "<br>to class token " + toPrefix.toFixed(2);
     }
     window.Plotly.relayout(gd, titles);
     box.setAttribute("data-state", b + "-" + l + "-" + q);
@@ -316,43 +321,42 @@ class AttentionExplorer:
         return rows[:, self.prefix :].reshape(-1, self.grid, self.grid)
 
     def figure(self):
+        """The present state as a matplotlib ``Figure`` (not one pyplot keeps: nothing is left
+        open for the notebook to show again), 6.8 inches wide, on the explorer's one scale."""
+        from matplotlib.figure import Figure
+
         b, layer, q = self.image.value, self.layer.value, self.query.value
         heats = self.current_maps()
-        titles = _panel_titles(len(heats) - 2)[1:]
-        fig, axes = plt.subplots(1, len(heats) + 1, figsize=(1.15 * (len(heats) + 1) + 0.6, 1.7))
+        titles = [f"head {h}" for h in range(len(heats) - 2)] + ["mean", "rollout"]
+        fig = Figure(figsize=(6.8, 1.75), layout="constrained")
+        axes = fig.subplots(1, len(heats) + 1)
         axes[0].imshow(_image2d(self.images[b]), cmap="gray")
         axes[0].set_title("image", fontsize=9)
         axes[0].axis("off")
         for ax, heat, title in zip(axes[1:], heats, titles):
-            im = overlay(
-                ax, self.images[b], heat, title.replace(" (all layers)", ""), vmax=self.vmax
-            )
-            ax.title.set_fontsize(9)
+            im = overlay(ax, self.images[b], heat, title, vmax=self.vmax)
         fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).ax.tick_params(labelsize=9)
         fig.suptitle(
             f"image {b}, layer {layer}, query: {_query_name(q, self.prefix, self.grid)}",
             fontsize=10,
-            y=1.02,
         )
         return fig
 
     def redraw(self):
+        from IPython.display import display
+
         with self.out:
             self.out.clear_output(wait=True)
-            fig = self.figure()
-            plt.show()
-            plt.close(fig)
+            display(self.figure())
         self.drawn = (self.image.value, self.layer.value, self.query.value)
         self.draw_count += 1
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        fig = self.figure()
-        uri = png_data_uri_figure(fig)
-        plt.close(fig)
+        uri = png_data_uri_figure(self.figure(), dpi=200)
         bundle["text/html"] = (
             '<div class="vitbook-widget-still"><img alt="the live explorer as this cell left it" '
-            f'src="{uri}" style="max-width:100%"/><p style="font-size:0.9em;color:#555">A still of the '
+            f'src="{uri}" width="680" style="max-width:100%;height:auto"/><p style="font-size:0.9em;color:#555">A still of the '
             "live explorer, as the cell left it: its controls need a running kernel. Open the chapter "
             "in Colab (the badge at the top) to move them, or use the explorer above, which works "
             "in this page.</p></div>"

@@ -157,6 +157,8 @@ def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, serve
         # no stray object reprs, and the chapter ends with what a learner takes away
         text = page.inner_text("main")
         assert "<torch._C.Generator" not in text, "a seed call's return value is on the page"
+        # an exception in a display formatter leaves a traceback on the page, not a failed build
+        assert "Traceback (most recent call last)" not in text, "a traceback is on the page"
         headings = page.eval_on_selector_all("main h2", "els => els.map(e => e.textContent)")
         for section in ("Key takeaways", "Exercises", "References"):
             assert any(section in h for h in headings), f"no '{section}' section: {headings}"

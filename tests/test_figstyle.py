@@ -81,3 +81,26 @@ def test_hidden_tick_labels_do_not_count():
     size, text = figstyle.text_on_page(fig)
     plt.close(fig)
     assert text == "only this"
+
+
+def test_a_figure_made_without_pyplot_is_measured_too():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))  # no pyplot, no canvas that draws: how the live explorer draws
+    fig.subplots().set_title("a bare figure", fontsize=10)
+    size, text = figstyle.text_on_page(fig)
+    assert text == "0.0" and size >= figstyle.MIN_TEXT_PT  # its tick labels, 9 pt, are its smallest text
+
+
+def test_the_live_explorers_still_reads_at_page_width():
+    from conftest import tiny_config
+
+    from vitbook import attention, explorer
+    from vitbook.model import ViT
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28)
+    maps = attention.attention_maps(ViT(tiny_config(depth=2)), x)
+    live = explorer.AttentionExplorer(x, maps, attention.rollout(maps))
+    size, text = figstyle.text_on_page(live.figure())
+    assert size >= figstyle.MIN_TEXT_PT, (size, text)

@@ -323,12 +323,14 @@ class AttentionExplorer:
     def figure(self):
         """The present state as a matplotlib ``Figure`` (not one pyplot keeps: nothing is left
         open for the notebook to show again), 6.8 inches wide, on the explorer's one scale."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         b, layer, q = self.image.value, self.layer.value, self.query.value
         heats = self.current_maps()
         titles = [f"head {h}" for h in range(len(heats) - 2)] + ["mean", "rollout"]
         fig = Figure(figsize=(6.8, 1.75), layout="constrained")
+        FigureCanvasAgg(fig)  # a canvas of its own: the figure draws without pyplot
         axes = fig.subplots(1, len(heats) + 1)
         axes[0].imshow(_image2d(self.images[b]), cmap="gray")
         axes[0].set_title("image", fontsize=9)

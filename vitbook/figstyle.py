@@ -38,6 +38,10 @@ def text_on_page(fig, column_px: int = COLUMN_PX) -> tuple[float, str]:
     """The smallest text ``fig`` draws, in points as it lands in a ``column_px``-wide column
     (figure scaled down to fit where wider), and the text itself. Drawing the figure finds
     only text that is drawn (no hidden tick labels)."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure(): give it a canvas that draws
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     sizes: list[tuple[float, str]] = []

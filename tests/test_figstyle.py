@@ -89,7 +89,9 @@ def test_a_figure_made_without_pyplot_is_measured_too():
     fig = Figure(figsize=(3, 2))  # no pyplot, no canvas that draws: how the live explorer draws
     fig.subplots().set_title("a bare figure", fontsize=10)
     size, text = figstyle.text_on_page(fig)
-    assert text == "0.0" and size >= figstyle.MIN_TEXT_PT  # its tick labels, 9 pt, are its smallest text
+    assert (
+        text == "0.0" and size >= figstyle.MIN_TEXT_PT
+    )  # its tick labels, 9 pt, are its smallest text
 
 
 def test_the_live_explorers_still_reads_at_page_width():

@@ -41,7 +41,14 @@ def plotly_html(fig, div_id: str | None = None) -> str:
 <script type="text/javascript">
 (function() {{
   var fig = {payload};
-  function draw() {{ window.Plotly.newPlot("{div_id}", fig); }}
+  function draw() {{
+    // drawn before the page's styles settle, a plot can come out wider than its box: fit it
+    // again once the page has loaded (and at once if it already has)
+    window.Plotly.newPlot("{div_id}", fig).then(function(gd) {{
+      function fit() {{ window.Plotly.Plots.resize(gd); }}
+      if (document.readyState === "complete") {{ fit(); }} else {{ window.addEventListener("load", fit); }}
+    }});
+  }}
   if (window.Plotly) {{ draw(); return; }}
   var s = document.querySelector('script[data-vitbook-plotly]');
   if (!s) {{

@@ -42,8 +42,7 @@ def text_on_page(fig, column_px: int = COLUMN_PX) -> tuple[float, str]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         FigureCanvasAgg(fig)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # the one draw is the spied one below
     sizes: list[tuple[float, str]] = []
     draw_text = renderer.draw_text
 

@@ -10,12 +10,17 @@ FASHION := $(DATA)/debian/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyt
 STATIC := _assets
 CELL_TIMEOUT := 1800
 
-.PHONY: setup book test claims browser-test lint bench clean help
+ZOO := $(or $(VITBOOK_CACHE),$(HOME)/.cache/vitbook/zoo)
+
+.PHONY: setup book test claims browser-test colab-check zoo-release sync lint bench clean help
 
 help:
 	@echo "make book          build the HTML book into _build/html (executes every notebook)"
 	@echo "make test          unit tests + nbval on every notebook"
 	@echo "make browser-test  build the book, then check every page in headless Chromium"
+	@echo "make colab-check   every chapter as Colab runs it: a fresh venv of Colab's packages, the installed wheel"
+	@echo "make zoo-release   pack the cached zoo models with a manifest (keys, SHA-256) into _build/zoo-release"
+	@echo "make sync          write _config.yml's repository address into every copy; re-embed book/images"
 	@echo "make claims        the book's findings over seeds and CPU kernel sets -> book/appendix_claims.md"
 	@echo "make bench         python -m vitbook.bench --out book/bench (the appendix's measured tables)"
 	@echo "make lint          ruff and nbstripout checks (what pre-commit runs)"
@@ -70,9 +75,24 @@ book: setup
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is in _build/html/index.html"
 
+# Tests and notebooks never fetch published zoo models: `make test` proves the book from nothing.
 test: setup
-	$(PY) -m pytest -m "not browser" tests book --nbval-lax --nbval-current-env \
+	env VITBOOK_DATA=$(DATA) VITBOOK_CACHE=$(ZOO) VITBOOK_ZOO_RELEASE=off \
+	  $(PY) -m pytest -m "not browser and not colab" tests book --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider --durations=10
+
+# The Colab rehearsal (tests/test_colab.py): run after `make test`, whose zoo it reuses.
+colab-check: setup
+	env VITBOOK_DATA=$(DATA) VITBOOK_CACHE=$(ZOO) VITBOOK_ZOO_RELEASE=off \
+	  $(PY) -m pytest -m colab tests -p no:cacheprovider -v --durations=0
+
+# Published zoo models: the cache's current models and a manifest, for a release's assets.
+zoo-release: setup
+	env VITBOOK_CACHE=$(ZOO) $(PY) -c "import vitbook.recipes; from vitbook import zoo; zoo.pack_release('_build/zoo-release')"
+
+# One address: edit repository.url in _config.yml, then `make sync`.
+sync: $(VENV)/.installed
+	$(PY) tests/book_tools.py sync
 
 # --- the findings over seeds and CPU kernels ---------------------------------------------
 # Every notebook under nbval once per run, each run with its own seed (VITBOOK_SEED), its own
@@ -98,7 +118,7 @@ claims: setup
 	  echo "[claims] $$run: VITBOOK_SEED=$$seed ATEN_CPU_CAPABILITY=$$cap, zoo cache $$cache"; \
 	  start=$$(date +%s); \
 	  env $${cap:+ATEN_CPU_CAPABILITY=$$cap} $(if $(CLAIMS_THREADS),OMP_NUM_THREADS=$(CLAIMS_THREADS)) \
-	  VITBOOK_SEED=$$seed VITBOOK_CACHE=$$cache \
+	  VITBOOK_SEED=$$seed VITBOOK_CACHE=$$cache VITBOOK_DATA=$(DATA) VITBOOK_ZOO_RELEASE=off \
 	  VITBOOK_CLAIMS=$(CLAIMS_DIR)/$$run.jsonl \
 	    $(PY) -m pytest $(CLAIMS_NB) --nbval-lax --nbval-current-env \
 	    --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -q || failed="$$failed $$run"; \

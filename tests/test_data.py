@@ -1,5 +1,6 @@
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,17 +70,19 @@ def test_no_source_at_all_says_how_to_get_the_data(empty_cache, monkeypatch):
         data.mnist("train")
 
 
-def test_debian_fashion_files_are_found_and_verified(empty_cache, tmp_path_factory):
-    src = next(
-        (d for d in data.debian_fashion_dirs() if (d / "t10k-images-idx3-ubyte.gz").exists()), None
-    )
-    if src is None:
-        # the data folder moved under this test: look where `make setup` unpacks it by default
-        from pathlib import Path
+@pytest.fixture(scope="session")
+def setup_data_folder():
+    """The data folder the clone's set-up filled ($VITBOOK_DATA at the start of the session),
+    read before any test moves $VITBOOK_DATA to an empty folder."""
+    return data.data_dir()
 
-        src = Path.home() / ".cache/vitbook/data/debian/usr/share/datasets/fashion-mnist"
+
+def test_debian_fashion_files_are_found_and_verified(setup_data_folder, empty_cache):
+    src = setup_data_folder / "debian/usr/share/datasets/fashion-mnist"
+    if not (src / "t10k-images-idx3-ubyte.gz").exists():
+        src = Path("/usr/share/datasets/fashion-mnist")  # installed with apt instead
     assert (src / "t10k-images-idx3-ubyte.gz").exists(), (
-        "Fashion-MNIST is not installed: run `make setup`"
+        f"Fashion-MNIST is not in {setup_data_folder}: run `make setup`"
     )
     target = empty_cache / "debian/usr/share/datasets/fashion-mnist"
     target.mkdir(parents=True)

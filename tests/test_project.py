@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import book_tools
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -37,7 +38,7 @@ def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_chec
     cells = json.loads(path.read_text())["cells"]
     intro = "".join(cells[0]["source"])
     assert intro.startswith("# "), "a title first"
-    badge = re.search(r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", intro)
+    badge = re.search(r'<a href="(https://colab\.research\.google\.com/github/[^"]+)"><img ', intro)
     assert badge and badge.group(1).endswith(f"/blob/main/book/{path.name}"), (
         "Colab badge pointing at this notebook"
     )
@@ -47,6 +48,7 @@ def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_chec
     # Colab ignores the tag and runs it
     assert setup["cell_type"] == "code" and "remove-cell" in setup["metadata"].get("tags", [])
     assert 'if "google.colab" in sys.modules:' in src and "%pip install" in src
+    assert '"vitbook @ $vitbook_source" --no-deps' in src and "VITBOOK_INSTALL" in src
     # outside Colab the cell must do nothing but that test
     assert all(
         line.startswith(("#", "import sys", "if ", "    ")) or not line.strip()
@@ -161,3 +163,72 @@ def test_no_checks_cell_asserts_a_timing(path):
     checks = "".join(json.loads(path.read_text())["cells"][-1]["source"])
     for word in ("seconds", "perf_counter", "time.time", "img/s", "throughput"):
         assert word not in checks, f"{path.name}: the Checks cell mentions {word!r}"
+
+
+def test_every_copy_of_the_repository_address_agrees_with_config():
+    """setup cells, badges, the README and vitbook.release carry _config.yml's address"""
+    assert book_tools.address_copies() == [], "run `make sync` after changing repository.url"
+    url, branch = book_tools.configured()
+    from vitbook import release
+
+    assert release.REPOSITORY == url
+    setups = [book_tools.cell_text(book_tools.read_notebook(nb)["cells"][1]) for nb in NOTEBOOKS]
+    assert all(f'"git+{url}@{branch}"' in s for s in setups)
+
+
+def test_the_address_check_catches_a_stale_copy(tmp_path, monkeypatch):
+    # the negative control: one setup cell left at an old address is named
+    nb = tmp_path / "01_x.ipynb"
+    cells = book_tools.read_notebook(NOTEBOOKS[0])
+    cell = cells["cells"][1]
+    book_tools.set_text(cell, book_tools.cell_text(cell).replace("vitbook/vitbook", "old/place"))
+    book_tools.write_notebook(nb, cells)
+    monkeypatch.setattr(book_tools, "NOTEBOOKS", [nb])
+    assert any("old/place" in bad for bad in book_tools.address_copies())
+
+
+def test_make_sync_rewrites_every_copy(tmp_path, monkeypatch):
+    nb = tmp_path / "01_x.ipynb"
+    book_tools.write_notebook(nb, book_tools.read_notebook(NOTEBOOKS[0]))
+    readme, package = tmp_path / "README.md", tmp_path / "release.py"
+    readme.write_text((ROOT / "README.md").read_text())
+    package.write_text((ROOT / "vitbook" / "release.py").read_text())
+    monkeypatch.setattr(book_tools, "NOTEBOOKS", [nb])
+    monkeypatch.setattr(book_tools, "ROOT", tmp_path)
+    monkeypatch.setattr(book_tools, "PACKAGE_ADDRESS", package)
+    (tmp_path / "_config.yml").write_text(
+        "repository:\n  url: https://github.com/me/mybook\n  branch: dev\n"
+    )
+    book_tools.sync()
+    assert book_tools.address_copies() == []
+    text = nb.read_text()
+    assert "git+https://github.com/me/mybook@dev" in text
+    assert "colab.research.google.com/github/me/mybook/blob/dev/book/" in text
+    assert 'REPOSITORY = "https://github.com/me/mybook"' in package.read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_opened_alone_has_no_relative_image_or_link(path):
+    """Colab opens a notebook without book/images beside it: diagrams are embedded"""
+    assert book_tools.relative_targets(path) == []
+
+
+def test_the_relative_link_check_finds_what_breaks(tmp_path):
+    nb = tmp_path / "x.ipynb"
+    md = "![d](images/vit.svg) [c3](03_vit.ipynb#x) [app](appendix_claims.md) `[n](not.md)`"
+    book_tools.write_notebook(nb, {"cells": [{"cell_type": "markdown", "source": [md]}]})
+    assert book_tools.relative_targets(nb) == ["image images/vit.svg", "link appendix_claims.md"]
+
+
+def test_embedded_diagrams_are_the_files_in_book_images():
+    assert book_tools.stale_images() == [], "run `make sync` after editing book/images"
+    embedded = [
+        m.group(2)
+        for nb in NOTEBOOKS
+        for c in book_tools.read_notebook(nb)["cells"]
+        for m in book_tools.IMG.finditer(book_tools.cell_text(c))
+    ]
+    assert embedded.count("colab-badge.svg") == len(NOTEBOOKS)
+    assert {"vit_architecture.svg", "mae.svg", "ijepa.svg", "distillation_token.svg"} <= set(
+        embedded
+    )

@@ -12,6 +12,7 @@ zoo's models and the chapters' own experiments both draw from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -116,7 +117,14 @@ def _append(record: dict) -> None:
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps({**record, "sha256": _record_digest(record)}) + "\n")
+
+
+def _record_digest(record: dict) -> str:
+    """The SHA-256 of a record's canonical JSON: each line of a claims file carries its own, so a
+    value edited or damaged on disk is caught when the appendix is made from it."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +138,23 @@ def load_runs(paths: list[str]) -> dict[str, list[dict]]:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no claims file {p}: run `make claims` first")
-        runs[p.stem] = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}, line {n}, is not JSON ({e}): rerun that run") from e
+            if r.get("sha256") != _record_digest(r):
+                raise ValueError(
+                    f"{p}, line {n} ({r.get('chapter')}: {r.get('name')!r}), does not match the "
+                    f"digest it was written with (expected {str(r.get('sha256'))[:12]}..., found "
+                    f"{_record_digest(r)[:12]}...): the file was edited or damaged. Rerun that "
+                    f"run (`make claims CLAIMS_RUNS=...`) instead of editing its values"
+                )
+            records.append(r)
+        runs[p.stem] = records
     return runs
 
 

@@ -112,10 +112,52 @@ def training_tensors(model, train_data, val_data, default_loss: bool, batch_size
     return x_all, y_all
 
 
+_DEVICE_NAMES = {"gpu": "cuda", "nvidia": "cuda", "apple": "mps", "metal": "mps"}
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that this machine has, or a ValueError that says what came,
+    what torch calls it and which devices are here ("gpu" -> use "cuda")."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            name = str(device).strip().lower()
+            hint = _DEVICE_NAMES.get(name.split(":")[0])
+            fix = (
+                f"pass device={hint!r}"
+                if hint
+                else "pass 'cpu', 'cuda' (an NVIDIA GPU) or 'mps' (Apple)"
+            )
+            raise ValueError(
+                f"device={device!r} is not a device torch knows: {fix}. On this machine: "
+                f"{', '.join(available_devices())}"
+            ) from e
+    here = available_devices()
+    if dev.type in ("cuda", "mps") and dev.type not in here:
+        raise ValueError(
+            f"device={device!r} asks for {dev.type}, which this machine does not have (torch "
+            f"sees: {', '.join(here)}); pass device='cpu', or leave it out to use the best there is"
+        )
+    return dev
+
+
+def available_devices() -> list[str]:
+    """The device types torch can use here, best first."""
+    out = []
+    if torch.cuda.is_available():
+        out.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out + ["cpu"]
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The device to train on: the one asked for, else CUDA, then Apple's MPS, then the CPU."""
     if device is not None:
-        return torch.device(device)
+        return as_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

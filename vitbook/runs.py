@@ -254,7 +254,8 @@ class CheckpointSaver:
     """Checkpoints of a run. A periodic checkpoint is held in memory until the next step's loss,
     computed with its weights, proves finite; only then is it written (`confirm`). So the
     checkpoint on disk always holds weights whose loss was finite, even when training diverges
-    right after a save."""
+    right after a save. The checkpoint it replaces is kept beside it (`vitbook.checkpoint.
+    previous_path`), so a damaged latest checkpoint does not lose the run."""
 
     def __init__(self, path, state: Callable[[], dict]):
         self.path, self.state = path, state
@@ -273,7 +274,7 @@ class CheckpointSaver:
         self.pending = None
         if self.path is not None:
             state = self.state() if state is None else state
-            save_checkpoint(self.path, state)
+            save_checkpoint(self.path, state, keep_previous=True)
             self.saved_step = state["step"]
 
 

@@ -67,10 +67,16 @@ def fit_mnist_frame(glyph: np.ndarray) -> np.ndarray:
     return canvas
 
 
-@functools.lru_cache(maxsize=4)
 def glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every digit in every font and stroke width, fitted to MNIST's frame:
-    (images (K, 1, 28, 28) float, labels (K,), font names (K,))."""
+    (images (K, 1, 28, 28) float, labels (K,), font names (K,)). Rendered once per process;
+    every caller gets its own copy, so an edit in place changes nothing for the next."""
+    images, labels, names = _glyph_bank()
+    return images.clone(), labels.clone(), list(names)
+
+
+@functools.lru_cache(maxsize=1)
+def _glyph_bank() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from PIL import Image, ImageDraw, ImageFont
 
     images, labels, names = [], [], []

@@ -46,6 +46,7 @@ from .checkpoint import (  # noqa: F401  (the errors and savers are part of trai
 )
 from .ema import WeightAverage
 from .loops import (  # noqa: F401
+    as_device,
     as_tensors,
     check_images,
     evaluating,
@@ -105,9 +106,14 @@ def evaluate(model: nn.Module, data, batch_size: int = 1000, device=None) -> dic
     ``predictions``, ``labels`` and ``logits`` tensors (on the CPU) for confusion matrices and
     error analysis."""
     if device is not None:
-        model.to(device)
+        model.to(as_device(device))
     device = model_device(model)
     x, y = as_tensors(data)
+    if len(x) == 0:
+        raise ValueError(
+            "evaluate got an empty dataset (0 images): expected at least one (image, label); "
+            "check the subset or filter that built it"
+        )
     logits = []
     with evaluating(model), autocast(device):
         for i in range(0, len(x), batch_size):
@@ -176,7 +182,7 @@ def fit(
     if stop_at_step is not None:
         _check_whole("stop_at_step", stop_at_step)
     rank, world = _dist_env()
-    device = torch.device(device) if device is not None else model_device(model)
+    device = as_device(device) if device is not None else model_device(model)
     if world > 1:
         device = _init_dist(device)
     if r.batch_size % world != 0:

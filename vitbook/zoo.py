@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from . import data
+from . import data, release
 from .checkpoint import load_checkpoint, save_checkpoint
 from .claims import seed as book_seed
 from .codehash import code_sources
-from .loops import pick_device
+from .loops import as_device, pick_device
 from .model import load_checked
 from .runs import Recipe
 
@@ -65,6 +65,8 @@ _KEY_STOP = {
             "_ensure",
             "_train_and_save",
             "_save",
+            "_load",
+            "_say",
         }
     )
 }
@@ -185,7 +187,9 @@ def _lock(path: Path) -> FileLock:
 
 
 def _ensure(name: str, retrain: bool = False) -> dict:
-    """Train (or compute) ``name`` if it is not cached, then return its saved state."""
+    """Load ``name`` from the cache; else fetch it from the published release (where the network
+    answers and the key matches exactly, the digest verified); else train (or compute) it. Then
+    return its saved state, verified."""
     entry = _entry(name)
     path = entry.path()
     if retrain or not path.exists():  # a cached file is whole (written atomically): read it as is
@@ -194,13 +198,41 @@ def _ensure(name: str, retrain: bool = False) -> dict:
             if retrain and path.exists():
                 path.unlink()
             if not path.exists():
-                return _train_and_save(entry, path)
+                got, where = (
+                    (False, "retrain asked") if retrain else release.fetch(name, entry.key(), path)
+                )
+                if not got:
+                    state = _train_and_save(entry, path)
+                    _say(name, f"trained here just now, in {state['metrics']['train_seconds']:g} s")
+                    return state
+                _say(name, f"downloaded from {where}, SHA-256 verified against the manifest")
         finally:
             lock.release()
-    try:
-        return load_checkpoint(path)
-    except RuntimeError as e:
-        raise RuntimeError(f"{e}; or call zoo.get({name!r}, retrain=True)") from e
+    return _load(entry, path)
+
+
+_SAID: set[str] = set()
+
+
+def _say(name: str, where: str) -> None:
+    """One line per model and process: where the model a chapter uses came from."""
+    if name not in _SAID:
+        _SAID.add(name)
+        print(f"zoo: {name!r} {where}")
+
+
+def _load(entry: Entry, path: Path) -> dict:
+    """The cached state of ``entry``, its digest checked: a damaged file is an error that says
+    what to do, never silently retrained over or used."""
+    state = load_checkpoint(
+        path,
+        f"Nothing was overwritten. Delete the file and the zoo trains {entry.name!r} again on "
+        f"next use, or call zoo.get({entry.name!r}, retrain=True) to retrain it now",
+    )
+    metrics = state.get("metrics", {})
+    took = f", trained in {metrics['train_seconds']:g} s" if "train_seconds" in metrics else ""
+    _say(entry.name, f"loaded from the cache {path.parent}{took}")
+    return state
 
 
 def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) -> nn.Module:
@@ -212,7 +244,7 @@ def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) ->
     state = _ensure(name, retrain)
     model = entry.build()
     load_checked(model, state["state_dict"], f"cached zoo model {entry.path().name}")
-    return model.to(device).eval()
+    return model.to(as_device(device)).eval()
 
 
 def adopt(name: str, model: nn.Module, recipe: Recipe | dict, metrics: dict | None = None) -> bool:
@@ -265,3 +297,30 @@ def info(name: str) -> dict:
 def source(name: str) -> str:
     """The code that trains ``name``, for readers who want to see the recipe."""
     return inspect.getsource(_entry(name).train)
+
+
+def pack_release(folder: str | Path) -> Path:
+    """Copy every current, verified cached model and result into ``folder`` with a manifest of
+    names, keys and SHA-256 digests (`vitbook.release`), to attach to a release of the
+    repository (``make zoo-release``). Returns the manifest's path; entries not cached are
+    listed as skipped."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    models, skipped = [], []
+    for name in names():
+        entry = REGISTRY[name]
+        path = entry.path()
+        if not path.exists():
+            skipped.append(name)
+            continue
+        _load(entry, path)  # verified before it is published
+        shutil.copyfile(path, folder / path.name)
+        models.append({"name": name, "key": entry.key(), "file": path.name})
+    out = release.write_manifest(folder, models)
+    print(
+        f"zoo release: {len(models)} files and {out.name} in {folder}; not cached, so skipped: "
+        f"{', '.join(skipped) or 'none'}"
+    )
+    return out

@@ -47,3 +47,24 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()
+
+
+def tiny_zoo_model(name, train, recipe=None, **kw):
+    """A zoo declaration of a tiny ViT whose "training" is ``train(network)`` (returns metrics)."""
+    from vitbook import zoo
+    from vitbook.model import ViT
+    from vitbook.runs import Recipe
+
+    def train_it(network, model):
+        return train(network)
+
+    return zoo.Model(
+        name,
+        "a test model",
+        ViT,
+        tiny_config(),
+        recipe or Recipe(lr=1.0),
+        train_it,
+        minutes=0,
+        **kw,
+    )

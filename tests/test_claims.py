@@ -72,22 +72,31 @@ def test_table_does_not_claim_a_margin_for_a_finding_missing_from_a_run(tmp_path
     assert row.endswith("| – |") and "- `b`: no findings recorded" in text
 
 
-def test_every_zoo_recipe_that_seeds_uses_the_book_seed():
-    from vitbook import recipes, zoo  # noqa: F401  (importing recipes registers the entries)
+def test_every_zoo_entry_is_seeded_with_the_book_seed():
+    from vitbook import recipes, settings, zoo  # noqa: F401  (importing recipes registers them)
 
     for name in zoo.names():
-        recipe = zoo.REGISTRY[name].recipe
-        if "seed" in recipe:
-            assert recipe["seed"] == zoo.SEED, name
+        entry = zoo.REGISTRY[name]
+        seed = entry.recipe.seed if isinstance(entry, zoo.Model) else entry.seed
+        assert seed == settings.seed(), name
 
 
-def test_the_seed_is_part_of_every_zoo_key(monkeypatch):
-    from vitbook import recipes, zoo  # noqa: F401
+def test_the_seed_is_part_of_every_zoo_key():
+    """$VITBOOK_SEED=1 gives every model and result another key (read once, in vitbook.settings)."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    before = {n: zoo.REGISTRY[n].key() for n in zoo.names()}
-    monkeypatch.setattr(zoo, "SEED", zoo.SEED + 1)
-    after = {n: zoo.REGISTRY[n].key() for n in zoo.names()}
-    assert all(before[n] != after[n] for n in before)
+    code = "import json, vitbook.recipes; from vitbook import zoo; print(json.dumps({n: zoo.REGISTRY[n].key() for n in zoo.names()}))"
+    keys = {}
+    for seed in ("0", "1"):
+        env = {**os.environ, "VITBOOK_SEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        keys[seed] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert keys["0"].keys() == keys["1"].keys()
+    assert all(keys["0"][n] != keys["1"][n] for n in keys["0"])
 
 
 def test_table_shows_both_thresholds_when_a_check_changed_between_runs(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_zoo_model
 
 from vitbook import (
     data,
@@ -25,6 +25,7 @@ from vitbook import (
     zoo,
 )
 from vitbook.model import CheckpointMismatchError, ViT, preset
+from vitbook.runs import Recipe
 from vitbook.transforms import DigitAugment
 
 # ---------------------------------------------------------------------------------------------
@@ -618,7 +619,7 @@ def _vitbook_module(tmp_path, name, source):
 RECIPES = """
 import torch
 from vitbook.model import ViT
-from conftest import tiny_config
+from conftest import tiny_config, tiny_zoo_model
 
 
 def helper(model):{comment}
@@ -627,18 +628,17 @@ def helper(model):{comment}
 
 
 def build():
-    torch.manual_seed(0)
     return ViT(tiny_config())
 
 
-def train(model):
+def train(model, declaration):
     helper(model)
     return {{}}
 {extra}"""
 
 
 def _key(module):
-    return zoo.Entry("k", "key test", module.build, module.train, recipe={}).key()
+    return zoo.Model("k", "key test", module.build, None, Recipe(), module.train).key()
 
 
 def test_the_zoo_key_follows_a_changed_helper_and_ignores_comments_and_unrelated_code(tmp_path):
@@ -677,12 +677,12 @@ def test_the_zoo_key_follows_a_changed_helper_and_ignores_comments_and_unrelated
 @pytest.mark.parametrize(
     "entry,module,helper",
     [
-        ("mnist-vit", "recipes.classifiers", "train_mnist_classifier"),
+        ("mnist-vit", "recipes.classifiers", "supervised"),
         ("student-plain", "recipes.students", "student_train_set"),
         ("student-soft", "data", "few_per_class"),
         ("mnist-mae", "ssl", "mae_loss_fn"),
         ("fashion-vit", "train", "evaluate"),
-        ("vit-mixed-digits", "recipes.synthetic_digits", "training_source"),
+        ("vit-mixed-digits", "recipes.synthetic_digits", "mixed_sets"),
         ("student-soft", "distill", "student_loss_fn"),
         ("ssl-eval", "recipes.selfsup", "evaluate_encoder"),
         ("mnist-ijepa", "ema", "blend_"),
@@ -705,11 +705,21 @@ def test_a_changed_training_helper_changes_the_zoo_key(
         f"def {helper}(*args, **kwargs):\n    return 'changed'\n",
     )
     try:
+        # ... and the declaration, where it names the helper itself (its training or data)
+        declared = [
+            f
+            for f in ("train", "data", "compute")
+            if getattr(zoo.REGISTRY[entry], f, None) is original
+        ]
         for m in holders:
             monkeypatch.setattr(m, helper, getattr(changed, helper))
+        for f in declared:
+            monkeypatch.setattr(zoo.REGISTRY[entry], f, getattr(changed, helper))
         assert zoo.REGISTRY[entry].key() != before
         for m in holders:
             monkeypatch.setattr(m, helper, original)
+        for f in declared:
+            monkeypatch.setattr(zoo.REGISTRY[entry], f, original)
         assert zoo.REGISTRY[entry].key() == before
     finally:
         sys.modules.pop("vitbook._hk_helper", None)
@@ -745,19 +755,13 @@ def tiny_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("VITBOOK_CACHE", str(tmp_path / "zoo"))
     calls = []
 
-    def build():
-        torch.manual_seed(0)
-        return ViT(tiny_config())
-
     def train_it(model):
         calls.append(1)
         with torch.no_grad():
             model.head.bias.fill_(0.5)
         return {"test_accuracy": 0.5}
 
-    entry = zoo.register(
-        zoo.Entry("tiny-hostile", "a test model", build, train_it, recipe={}, minutes=0)
-    )
+    entry = zoo.register(tiny_zoo_model("tiny-hostile", train_it))
     yield entry, calls
     zoo.REGISTRY.pop("tiny-hostile")
 

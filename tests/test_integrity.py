@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_zoo_model
 
 from vitbook import checkpoint, claims, data, synthetic, train, zoo
 from vitbook.checkpoint import CorruptFileError
@@ -32,17 +32,13 @@ def tiny_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("VITBOOK_ZOO_RELEASE", "off")
     calls = []
 
-    def build():
-        torch.manual_seed(0)
-        return ViT(tiny_config())
-
     def train_it(model):
         calls.append(1)
         with torch.no_grad():
             model.head.weight.normal_()
         return {"test_accuracy": 0.5}
 
-    entry = zoo.register(zoo.Entry("tiny-integrity", "a test model", build, train_it, {"lr": 1}))
+    entry = zoo.register(tiny_zoo_model("tiny-integrity", train_it))
     yield entry, calls
     zoo.REGISTRY.pop("tiny-integrity")
 

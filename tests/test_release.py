@@ -9,10 +9,10 @@ import threading
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_zoo_model
 
 from vitbook import release, zoo
-from vitbook.model import ViT
+from vitbook.runs import Recipe
 
 
 @pytest.fixture
@@ -42,17 +42,13 @@ def entry(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_SAID", set())
     calls = []
 
-    def build():
-        torch.manual_seed(0)
-        return ViT(tiny_config())
-
     def train(model):
         calls.append(1)
         with torch.no_grad():
             model.head.bias.fill_(float(len(calls)))
         return {"test_accuracy": 0.5}
 
-    e = zoo.register(zoo.Entry("tiny-release", "a test model", build, train, {"lr": 1.0}))
+    e = zoo.register(tiny_zoo_model("tiny-release", train))
     yield e, calls
     zoo.REGISTRY.pop("tiny-release")
 
@@ -87,7 +83,7 @@ def test_a_release_with_another_key_is_not_used(entry, server, tmp_path, monkeyp
     e, calls = entry
     served, url, _ = server
     publish(tmp_path, monkeypatch, served)
-    e.recipe = {"lr": 2.0}  # the reader's recipe differs: another key
+    e.recipe = Recipe(lr=2.0)  # the reader's recipe differs: another key
     monkeypatch.setenv("VITBOOK_CACHE", str(tmp_path / "reader"))
     monkeypatch.setenv("VITBOOK_ZOO_RELEASE", url)
     zoo.get("tiny-release")

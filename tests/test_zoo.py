@@ -1,12 +1,16 @@
+import dataclasses
+
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_zoo_model
 
 from vitbook import (
     recipes,  # noqa: F401  (registers the book's zoo entries)
     zoo,
 )
 from vitbook.model import ViT
+from vitbook.runs import Recipe
+from vitbook.transforms import DigitAugment
 
 
 @pytest.fixture
@@ -14,19 +18,13 @@ def tiny_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("VITBOOK_CACHE", str(tmp_path))
     calls = []
 
-    def build():
-        torch.manual_seed(0)
-        return ViT(tiny_config())
-
     def train(model):
         calls.append(1)
         with torch.no_grad():
             model.head.bias.fill_(0.5)  # a "training" whose effect we can see
         return {"test_accuracy": 0.5}
 
-    entry = zoo.register(
-        zoo.Entry("tiny-test", "a test model", build, train, recipe={"lr": 1.0}, minutes=0)
-    )
+    entry = zoo.register(tiny_zoo_model("tiny-test", train))
     yield entry, calls
     zoo.REGISTRY.pop("tiny-test")
 
@@ -48,7 +46,7 @@ def test_a_changed_recipe_is_a_new_key_and_retrains(tiny_entry):
     entry, calls = tiny_entry
     zoo.get("tiny-test")
     old_key = entry.key()
-    entry.recipe = {"lr": 2.0}
+    entry.recipe = Recipe(lr=2.0)
     assert entry.key() != old_key
     zoo.get("tiny-test")
     assert len(calls) == 2
@@ -65,7 +63,7 @@ def test_a_corrupt_cached_model_says_how_to_recover(tiny_entry):
     entry, _ = tiny_entry
     zoo.get("tiny-test")
     entry.path().write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="retrain=True"):
+    with pytest.raises(RuntimeError, match="retrain=True"):  # a CorruptFileError
         zoo.get("tiny-test")
 
 
@@ -84,19 +82,11 @@ def test_result_entries_cache_metrics_and_train_their_dependencies_first(tiny_en
         return {"table": {"a": 1.0}}
 
     zoo.register(
-        zoo.Entry(
-            "tiny-result",
-            "a cached result",
-            None,
-            compute,
-            recipe={},
-            depends=("tiny-test",),
-            minutes=0,
-        )
+        zoo.Result("tiny-result", "a cached result", compute, seed=0, depends=("tiny-test",))
     )
     try:
-        assert zoo.info("tiny-result")["table"] == {"a": 1.0}
-        assert zoo.info("tiny-result")["table"] == {"a": 1.0}
+        assert zoo.result("tiny-result")["table"] == {"a": 1.0}
+        assert zoo.result("tiny-result")["table"] == {"a": 1.0}
         assert seen == [True] and len(calls) == 1
         with pytest.raises(ValueError, match="cached result"):
             zoo.get("tiny-result")
@@ -111,28 +101,41 @@ def test_every_zoo_entry_has_a_stable_key_and_a_description():
         assert e.description and all(d in zoo.REGISTRY for d in e.depends)
 
 
-def test_a_model_trained_with_the_entrys_recipe_is_adopted_instead_of_retrained(tiny_entry):
-    entry, calls = tiny_entry
-    entry.recipe = {"config": tiny_config().to_dict(), "lr": 1.0}
-    mine = entry.build()
-    with torch.no_grad():
-        mine.head.bias.fill_(0.25)
-    assert zoo.adopt("tiny-test", mine, {"lr": 1.0}, {"test_accuracy": 0.9})
-    got = zoo.get("tiny-test")
-    assert not calls, "the zoo trained although a model was adopted"
-    assert torch.equal(got.head.bias, torch.full((10,), 0.25))
-    assert zoo.info("tiny-test")["adopted"] is True
-    # a second offer leaves the cached model alone
-    other = entry.build()
-    assert not zoo.adopt("tiny-test", other, {"lr": 1.0})
-    assert torch.equal(zoo.get("tiny-test").head.bias, torch.full((10,), 0.25))
-
-
-def test_a_model_trained_otherwise_is_refused_with_what_differs(tiny_entry):
+def test_untrained_is_the_network_training_started_from_and_leaves_the_random_state(tiny_entry):
     entry, _ = tiny_entry
-    entry.recipe = {"config": tiny_config().to_dict(), "lr": 1.0}
-    with pytest.raises(ValueError, match="lr differ"):
-        zoo.adopt("tiny-test", entry.build(), {"lr": 3.0})
-    with pytest.raises(ValueError, match="config differ"):
-        zoo.adopt("tiny-test", ViT(tiny_config(depth=1)), {"lr": 1.0})
-    assert not zoo.is_cached("tiny-test")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b = zoo.untrained("tiny-test"), zoo.untrained("tiny-test")
+    zoo.get("tiny-test")  # trains, caches, loads
+    zoo.get("tiny-test")  # loads
+    assert torch.equal(torch.random.get_rng_state(), before), "the zoo moved the global RNG"
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    torch.manual_seed(0)  # what Model.build does under the recipe's seed (0)
+    fresh = ViT(tiny_config())
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in a.state_dict().items())
+    assert not a.training
+
+
+def test_a_result_is_not_a_model_and_a_model_is_not_a_result(tiny_entry):
+    zoo.register(zoo.Result("tiny-res", "a result", lambda e: {"x": 1}, seed=0))
+    try:
+        with pytest.raises(ValueError, match="cached result, not a model"):
+            zoo.get("tiny-res")
+        with pytest.raises(ValueError, match="cached result, not a model"):
+            zoo.untrained("tiny-res")
+        with pytest.raises(ValueError, match="a model, not a result"):
+            zoo.result("tiny-test")
+    finally:
+        zoo.REGISTRY.pop("tiny-res")
+
+
+def test_the_declaration_is_the_key_every_field_counts(tiny_entry):
+    entry, _ = tiny_entry
+    base = entry.key()
+    for change in (
+        dict(config=tiny_config(depth=1)),
+        dict(recipe=Recipe(lr=1.0, seed=1)),
+        dict(augmentation=DigitAugment(degrees=5)),
+        dict(options={"teacher": "x"}),
+    ):
+        assert dataclasses.replace(entry, **change).key() != base, change

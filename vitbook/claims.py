@@ -6,8 +6,8 @@ every finding, its value in every run, its threshold, and its smallest margin.
 
 A finding is a measured number against a threshold: ``check("MAE probe gain over random",
 gain, above=0.02)``. An identity (two code paths agree, a shape) is not a finding: a plain
-``assert`` states it. The seed of the run is :func:`seed` (``$VITBOOK_SEED``, default 0); the
-zoo's models and the chapters' own experiments both draw from it.
+``assert`` states it. The seed of the run is `vitbook.settings.seed` (``$VITBOOK_SEED``, default
+0); the zoo's models and the chapters' own experiments both draw from it.
 """
 
 from __future__ import annotations
@@ -20,19 +20,7 @@ from pathlib import Path
 
 import torch
 
-
-def seed() -> int:
-    """The book's seed: ``$VITBOOK_SEED`` (a non-negative integer), 0 when unset."""
-    raw = os.environ.get("VITBOOK_SEED", "0").strip() or "0"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"VITBOOK_SEED must be a non-negative integer, got {raw!r}; unset it for seed 0"
-        ) from None
-    if value < 0:
-        raise ValueError(f"VITBOOK_SEED must be a non-negative integer, got {value}")
-    return value
+from .settings import seed
 
 
 def cpu_kernels() -> str:

@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import importlib.metadata
 import io
-import os
 import pickle
 import socket
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import settings
 from .dataset import (  # noqa: F401  (the dataset type and its subsets are part of data's interface)
     MNIST_CLASSES,
     ImageDataset,
@@ -35,6 +35,7 @@ from .dataset import (  # noqa: F401  (the dataset type and its subsets are part
     checked_indices,
     class_labels,
     few_per_class,
+    few_per_class_indices,
     train_val_split,
 )
 from .files import atomic_write
@@ -88,30 +89,10 @@ class DataError(RuntimeError):
     """Data is missing or does not match its checksum. The message says how to get it."""
 
 
-def folder_from_env(var: str, default: str, error=ValueError) -> Path:
-    """The folder named by the environment variable ``var`` (``default`` when it is unset). An
-    empty value, or one naming a file, raises ``error`` with what to do instead of silently using
-    the current directory or failing later with a bare NotADirectoryError."""
-    value = os.environ.get(var)
-    if value is None:
-        return Path(default).expanduser()
-    if not value.strip():
-        raise error(
-            f"${var} is set but empty; expected the path of a folder. Unset it "
-            f"(`unset {var}`) to use {default}, or set it to a folder."
-        )
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise error(
-            f"${var} is {value!r}, which is a file; expected a folder. Point ${var} at a "
-            f"folder (it is created if missing), or unset it to use {default}."
-        )
-    return path
-
-
 def data_dir() -> Path:
-    """The folder for datasets: ``$VITBOOK_DATA``, or ``~/.cache/vitbook/data``."""
-    return folder_from_env("VITBOOK_DATA", "~/.cache/vitbook/data", DataError)
+    """The folder for datasets: ``$VITBOOK_DATA``, or ``~/.cache/vitbook/data``
+    (`vitbook.settings`)."""
+    return settings.data_dir(DataError)
 
 
 def _sha256(a: np.ndarray) -> str:

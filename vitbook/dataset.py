@@ -138,6 +138,11 @@ def train_val_split(ds: ImageDataset, val_size: int = 5000, seed: int = 0) -> Sp
 
 def few_per_class(ds: ImageDataset, per_class: int, classes=None, seed: int = 0) -> ImageDataset:
     """A seeded subset with ``per_class`` examples of each class (of ``classes``, default all)."""
+    return ds.subset(few_per_class_indices(ds, per_class, classes, seed))
+
+
+def few_per_class_indices(ds: ImageDataset, per_class: int, classes=None, seed: int = 0):
+    """The sorted positions `few_per_class` picks (to mark them in the full set, say)."""
     if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
         raise ValueError(
             f"per_class is a number of images of each class, at least 1; got {per_class!r}"
@@ -150,4 +155,4 @@ def few_per_class(ds: ImageDataset, per_class: int, classes=None, seed: int = 0)
         if len(idx) < per_class:
             raise ValueError(f"class {c} has only {len(idx)} examples, {per_class} were asked for")
         picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return ds.subset(torch.cat(picked).sort().values)
+    return torch.cat(picked).sort().values

@@ -59,14 +59,23 @@ def distillation_loss(
     kind: str = "hard",
     alpha: float = 0.5,
     tau: float = 3.0,
+    labelled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The DeiT objectives. ``dist_logits`` is the distillation head's output, or the class head's
     again for a student without a distillation token.
 
     * ``"soft"``: (1 - alpha) * CE(cls, y) + alpha * tau^2 * KL(softmax(teacher/tau) || softmax(dist/tau))
     * ``"hard"``: (1 - alpha) * CE(cls, y) + alpha * CE(dist, argmax teacher)  (DeiT uses alpha = 1/2)
-    * ``"none"``: CE(cls, y)"""
-    ce = F.cross_entropy(cls_logits, labels)
+    * ``"none"``: CE(cls, y)
+
+    ``labelled``: a (B,) mask of the images whose label counts; the cross-entropy is taken over
+    those alone (none: 0), the teacher's term over every image. Default: all."""
+    if labelled is None:
+        ce = F.cross_entropy(cls_logits, labels)
+    elif labelled.any():
+        ce = F.cross_entropy(cls_logits[labelled], labels[labelled])
+    else:
+        ce = cls_logits.sum() * 0.0
     if kind == "none":
         return ce
     if kind == "soft":
@@ -84,9 +93,16 @@ def distillation_loss(
     raise ValueError(f"kind must be 'soft', 'hard' or 'none', got {kind!r}")
 
 
-def student_loss_fn(teacher: nn.Module, kind: str, alpha: float = 0.5, tau: float = 3.0):
+def student_loss_fn(
+    teacher: nn.Module,
+    kind: str,
+    alpha: float = 0.5,
+    tau: float = 3.0,
+    unlabelled: int | None = None,
+):
     """A loss function for `vitbook.train.fit`: the teacher (frozen, eval mode) sees the same
-    augmented batch as the student."""
+    augmented batch as the student. With ``unlabelled`` (a label value outside the classes),
+    images labelled so count for the teacher's term only: distillation on unlabelled images."""
     teacher.eval().requires_grad_(False)
 
     def loss_fn(model, x, y):
@@ -102,7 +118,9 @@ def student_loss_fn(teacher: nn.Module, kind: str, alpha: float = 0.5, tau: floa
             logits = (cls_logits + dist_logits) / 2
         else:
             cls_logits = dist_logits = logits = model(x)
-        return distillation_loss(cls_logits, dist_logits, t, y, kind, alpha, tau), logits
+        labelled = None if unlabelled is None else y != unlabelled
+        loss = distillation_loss(cls_logits, dist_logits, t, y, kind, alpha, tau, labelled)
+        return loss, logits
 
     return loss_fn
 

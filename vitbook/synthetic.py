@@ -122,23 +122,50 @@ def elastic(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def digits(
-    n: int,
-    seed: int = 0,
-    degrees: float = 12,
-    shear: float = 10,
-    scale: float = 0.12,
-    shift: float = 2,
-    elastic_alpha: float = 2.0,
-    blur: float = 0.8,
-    noise: float = 0.06,
-) -> data.ImageDataset:
+# The generator's roughening, applied to every rendered glyph (and, by `roughened`, to any image).
+ROUGHENING = dict(
+    degrees=12.0, shear=10.0, scale=0.12, shift=2.0, elastic_alpha=2.0, blur=0.8, noise=0.06
+)
+
+
+def roughen(
+    x: torch.Tensor,
+    g: torch.Generator,
+    degrees: float,
+    shear: float,
+    scale: float,
+    shift: float,
+    elastic_alpha: float,
+    blur: float,
+    noise: float,
+) -> torch.Tensor:
+    """Roughen a batch of images (B, 1, 28, 28) in [0, 1], each with its own random draws from
+    ``g``: an affine change (rotation up to ``degrees``, shear up to ``shear`` degrees, scale
+    within 1 +- ``scale``, shift up to ``shift`` pixels), an elastic distortion of up to
+    ``elastic_alpha`` pixels, a Gaussian blur of up to ``blur`` pixels and Gaussian noise of up to
+    ``noise``. Returns uint8 images."""
+    b = len(x)
+    u = torch.rand(b, 8, generator=g) * 2 - 1
+    x = affine(
+        x,
+        angle_deg=u[:, 0] * degrees,
+        translate_px=(u[:, 1] * shift, u[:, 2] * shift),
+        scale=1 + u[:, 3] * scale,
+        shear_deg=u[:, 4] * shear,
+    )
+    x = elastic(x, (u[:, 5].abs()) * elastic_alpha, sigma=3.0, generator=g)
+    x = gaussian_blur(x, (u[:, 6].abs()) * blur)
+    x = x + torch.randn(x.shape, generator=g) * (u[:, 7].abs() * noise).view(b, 1, 1, 1)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def digits(n: int, seed: int = 0, **roughening) -> data.ImageDataset:
     """``n`` synthetic digits, balanced over the 10 classes, deterministic for ``seed``.
 
-    Each image: a random font and stroke width; a random affine change (rotation up to
-    ``degrees``, shear up to ``shear`` degrees, scale within 1 +- ``scale``, shift up to ``shift``
-    pixels); an elastic distortion of up to ``elastic_alpha`` pixels; a Gaussian blur of up to
-    ``blur`` pixels; Gaussian noise of up to ``noise``. Stored as uint8 like MNIST."""
+    Each image: a random font and stroke width, then the generator's roughening (`roughen`,
+    with `ROUGHENING` unless ``roughening`` changes some of it: ``degrees``, ``shear``,
+    ``scale``, ``shift``, ``elastic_alpha``, ``blur``, ``noise``). Stored as uint8 like MNIST."""
+    options = _roughening(roughening)
     bank, bank_labels, _ = glyph_bank()
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
@@ -147,27 +174,32 @@ def digits(
     pick = torch.empty(n, dtype=torch.long)
     for d in range(10):
         where = (labels == d).nonzero().flatten()
-        options = by_digit[d]
-        pick[where] = options[torch.randint(len(options), (len(where),), generator=g)]
-    out = []
-    for i in range(0, n, 4096):  # in chunks: memory stays small for large n
-        x = bank[pick[i : i + 4096]].clone()
-        b = len(x)
-        u = torch.rand(b, 8, generator=g) * 2 - 1
-        x = affine(
-            x,
-            angle_deg=u[:, 0] * degrees,
-            translate_px=(u[:, 1] * shift, u[:, 2] * shift),
-            scale=1 + u[:, 3] * scale,
-            shear_deg=u[:, 4] * shear,
-        )
-        x = elastic(x, (u[:, 5].abs()) * elastic_alpha, sigma=3.0, generator=g)
-        x = gaussian_blur(x, (u[:, 6].abs()) * blur)
-        x = x + torch.randn(x.shape, generator=g) * (u[:, 7].abs() * noise).view(b, 1, 1, 1)
-        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        choices = by_digit[d]
+        pick[where] = choices[torch.randint(len(choices), (len(where),), generator=g)]
+    out = [roughen(bank[pick[i : i + 4096]].clone(), g, **options) for i in range(0, n, 4096)]
     return data.ImageDataset(
         torch.cat(out), labels, data.MNIST_CLASSES, f"synthetic-{n}-seed{seed}"
     )
+
+
+def roughened(ds: data.ImageDataset, seed: int = 0, **roughening) -> data.ImageDataset:
+    """The images of ``ds`` through the generator's roughening (`roughen`), each once, labels
+    unchanged: real digits made as rough as the synthetic ones, the control that tells the
+    synthetic *content* apart from the roughening."""
+    options = _roughening(roughening)
+    g = torch.Generator().manual_seed(seed)
+    x = ds.images
+    out = [roughen(x[i : i + 4096].float() / 255, g, **options) for i in range(0, len(x), 4096)]
+    return data.ImageDataset(torch.cat(out), ds.labels.clone(), ds.classes, f"{ds.name}-roughened")
+
+
+def _roughening(changes: dict) -> dict:
+    unknown = set(changes) - set(ROUGHENING)
+    if unknown:
+        raise TypeError(
+            f"unknown roughening option(s) {sorted(unknown)}; the options are {sorted(ROUGHENING)}"
+        )
+    return {**ROUGHENING, **changes}
 
 
 def mix(real: data.ImageDataset, synthetic: data.ImageDataset) -> data.ImageDataset:

@@ -1,22 +1,32 @@
 """Trained models that chapters share, trained once and cached.
 
-``zoo.get("mnist-vit")`` returns a trained model. The first call trains it with a fixed recipe
-(progress bars and all) and saves it under ``$VITBOOK_CACHE`` (default ``~/.cache/vitbook/zoo``);
-later calls load it in a second. The file name carries a key made of the recipe and the code
-the entry runs: the source of every vitbook function and class that its build and train
-functions reach, followed through names, closures and default arguments (`code_sources`). So
-changing the recipe or any helper the training calls retrains instead of loading a stale model,
-while a comment or an unrelated function elsewhere leaves the key alone. A file lock makes two
-processes that ask at once train it once; a model already cached is read without the lock, so a
-read-only cache works.
+``zoo.get("mnist-vit")`` returns a trained model. The first call trains it and saves it under
+``$VITBOOK_CACHE`` (`vitbook.settings.cache_dir`); later calls load it in a second. Chapters run
+alone, in any order, in a fresh kernel: a chapter that needs "the trained MNIST ViT" asks the
+zoo instead of depending on chapter 4 having run.
 
-This is what lets every chapter run alone, in any order, in a fresh kernel: a chapter that needs
-"the trained MNIST ViT" asks the zoo instead of depending on chapter 4 having run.
+A zoo model is declared once, as a `Model`: its architecture and configuration, its `Recipe`
+(the seed included), its training data and augmentation, the procedure that trains it and the
+models it starts from. Everything else derives from that declaration:
 
-This module is the cache alone (key, lock, atomic save, load, adopt). What it holds is registered
-from outside: the book's models by `vitbook.recipes` (``import vitbook.recipes``), anyone's with
-`register`. Models train on the best device there is (`vitbook.loops.pick_device`: CUDA, MPS,
-else the CPU) and are cached on the CPU.
+* `Model.build`: the untrained network, initialised under the recipe's seed with torch's global
+  random state left as it was (so loading a model, or asking for its untrained control with
+  `untrained`, changes nothing for the code around it);
+* `Model.key`: the declaration's values and the source of every vitbook function and class its
+  architecture, data and training reach (`vitbook.codehash`), plus the keys of the models it
+  starts from: change any of them and the model is retrained instead of loaded stale;
+* the training: ``model.train(network, model)``, which reads its recipe, data and options from
+  the declaration it is given.
+
+A cached computation that is not a model (a table of probe accuracies) is a `Result`, read with
+`result`. Every cached file carries the SHA-256 of its bytes (`vitbook.checkpoint`): a damaged
+one is an error that says what to do, never retrained over silently. A file lock makes two
+processes that ask at once train it once. Where no file is cached, the published release is
+tried before training (`vitbook.release`: same key, digest verified). Models train on the best
+device there is (`vitbook.loops.pick_device`) and are cached on the CPU.
+
+This module is the cache alone; the book's models are declared in `vitbook.recipes`
+(``import vitbook.recipes``), anyone's with `register`.
 """
 
 from __future__ import annotations
@@ -29,14 +39,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 from filelock import FileLock
 
-from . import data, release
+from . import release, settings
 from .checkpoint import load_checkpoint, save_checkpoint
-from .claims import seed as book_seed
 from .codehash import code_sources
 from .loops import as_device, pick_device
 from .model import load_checked
@@ -44,84 +54,126 @@ from .runs import Recipe
 
 
 def cache_dir() -> Path:
-    """``$VITBOOK_CACHE`` or ``~/.cache/vitbook/zoo`` (an empty value or a file is refused)."""
-    return data.folder_from_env("VITBOOK_CACHE", "~/.cache/vitbook/zoo", ValueError)
+    """``$VITBOOK_CACHE`` or ``~/.cache/vitbook/zoo`` (`vitbook.settings.cache_dir`)."""
+    return settings.cache_dir()
 
-
-# ---------------------------------------------------------------------------------------------
-# What a zoo key hashes: the code an entry runs.
 
 # The zoo's own cache functions: a training that asks the zoo for another model depends on that
-# model's key (through ``Entry.depends``), not on how the cache works.
+# model's key (through ``depends``), not on how the cache works.
 _KEY_STOP = {
     __name__: frozenset(
-        {
-            "get",
-            "info",
-            "adopt",
-            "is_cached",
-            "names",
-            "_entry",
-            "_ensure",
-            "_train_and_save",
-            "_save",
-            "_load",
-            "_say",
-        }
+        {"get", "info", "result", "untrained", "is_cached", "names", "_entry", "_ensure",
+         "_train_and_save", "_load", "_say"}
     )
-}
+}  # fmt: skip
+# Bump to retrain every model at once (the key already follows every helper the training runs).
+ZOO_VERSION = 2
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 @dataclass
-class Entry:
-    """A zoo model: how to build it untrained, how to train it, and what fixes the result."""
+class Model:
+    """A zoo model, declared once.
+
+    ``architecture(config, **arch)`` builds the untrained network (``architecture(**arch)``
+    when ``config`` is None); ``train(network, model)`` trains it in place and returns what was
+    measured, reading ``model.recipe``, ``model.data()``, ``model.augmentation`` and
+    ``model.options``; ``data()`` returns the training data and the evaluation data (or None);
+    ``depends`` names the zoo models the training starts from."""
 
     name: str
     description: str
-    build: Callable[[], nn.Module] | None  # None for a cached *result* (metrics, no model)
-    train: Callable[[nn.Module | None], dict]  # trains in place; returns measured metrics
-    recipe: dict  # everything that fixes the result besides the code; part of the key
-    # The vitbook modules the training uses, for readers; the key follows the code itself.
-    modules: tuple[str, ...] = ("model", "train", "data", "transforms")
+    architecture: Callable[..., nn.Module]
+    config: Any
+    recipe: Recipe
+    train: Callable[[nn.Module, Model], dict]
+    data: Callable[[], tuple] | None = None
+    augmentation: Any = None
+    arch: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    depends: tuple[str, ...] = ()
     minutes: float = 2.0  # rough cold training time on 2 CPU cores, for the message
-    depends: tuple[str, ...] = field(default_factory=tuple)  # zoo models it starts from
+
+    def build(self) -> nn.Module:
+        """The untrained network, initialised under the recipe's seed, exactly as training
+        starts from it; torch's global random state is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.recipe.seed)
+            if self.config is None:
+                return self.architecture(**self.arch)
+            return self.architecture(self.config, **self.arch)
+
+    def declaration(self) -> dict:
+        """The declaration's values, as the key records them."""
+        cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
+        return {
+            "architecture": getattr(self.architecture, "__qualname__", repr(self.architecture)),
+            "config": cfg,
+            "arch": self.arch,
+            "recipe": self.recipe.to_dict(),
+            "data": getattr(self.data, "__qualname__", None),
+            "augmentation": repr(self.augmentation),
+            "options": self.options,
+        }
 
     def key(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps(self.recipe, sort_keys=True, default=str).encode())
-        roots = [f for f in (self.build, self.train) if f is not None]
-        for source in code_sources(*roots, stop=_KEY_STOP):
-            h.update(source.encode())
-        h.update(str(ZOO_VERSION).encode())
-        h.update(f"seed {SEED}".encode())
-        h.update(torch.__version__.encode())
-        for dep in self.depends:
-            h.update(REGISTRY[dep].key().encode())
-        return h.hexdigest()[:16]
+        roots = [self.architecture, self.train]
+        roots += [r for r in (self.data, type(self.augmentation)) if callable(r)]
+        return _key(_json(self.declaration()), roots, self.depends)
 
     def path(self) -> Path:
         return cache_dir() / f"{self.name}-{self.key()}.pt"
 
 
-REGISTRY: dict[str, Entry] = {}
-# The seed of every model here: ``$VITBOOK_SEED`` (default 0), read once at import. It is part
-# of every key, so models of different seeds live side by side in one cache.
-SEED = book_seed()
-# Bump to retrain every model at once (the key already follows every helper the training runs).
-ZOO_VERSION = 1
+@dataclass
+class Result:
+    """A cached computation that is not a model: ``compute(result)`` returns a dict (a table of
+    accuracies), read with `result`. ``options`` and ``seed`` fix it, with the code it runs."""
+
+    name: str
+    description: str
+    compute: Callable[[Result], dict]
+    seed: int
+    options: dict = field(default_factory=dict)
+    depends: tuple[str, ...] = ()
+    minutes: float = 2.0
+
+    def key(self) -> str:
+        return _key(
+            _json({"seed": self.seed, "options": self.options}), [self.compute], self.depends
+        )
+
+    def path(self) -> Path:
+        return cache_dir() / f"{self.name}-{self.key()}.pt"
 
 
-def register(entry: Entry) -> Entry:
+def _key(values: str, roots: list, depends: tuple[str, ...]) -> str:
+    h = hashlib.sha256(values.encode())
+    for source in code_sources(*roots, stop=_KEY_STOP):
+        h.update(source.encode())
+    h.update(f"zoo {ZOO_VERSION} torch {torch.__version__}".encode())
+    for dep in depends:
+        h.update(_entry(dep).key().encode())
+    return h.hexdigest()[:16]
+
+
+REGISTRY: dict[str, Model | Result] = {}
+
+
+def register(entry: Model | Result) -> Model | Result:
     REGISTRY[entry.name] = entry
     return entry
 
 
 def names() -> list[str]:
-    """The names of the zoo's models."""
+    """The names of the zoo's models and results."""
     return sorted(REGISTRY)
 
 
-def _entry(name: str) -> Entry:
+def _entry(name: str) -> Model | Result:
     if name not in REGISTRY:
         if not REGISTRY:
             raise KeyError(
@@ -132,12 +184,25 @@ def _entry(name: str) -> Entry:
     return REGISTRY[name]
 
 
+def _model(name: str) -> Model:
+    entry = _entry(name)
+    if not isinstance(entry, Model):
+        raise ValueError(f"{name!r} is a cached result, not a model: use zoo.result({name!r})")
+    return entry
+
+
 def is_cached(name: str) -> bool:
     return _entry(name).path().exists()
 
 
-def _train_and_save(entry: Entry, path: Path) -> dict:
-    what = "computing" if entry.build is None else "training"
+def untrained(name: str) -> nn.Module:
+    """The zoo model ``name`` before training, in eval mode: the network its training started
+    from, bit for bit (the negative control of a chapter's findings)."""
+    return _model(name).build().eval()
+
+
+def _train_and_save(entry: Model | Result, path: Path) -> dict:
+    what = "training" if isinstance(entry, Model) else "computing"
     print(
         f"zoo: {what} {entry.name!r} ({entry.description}); first use, about "
         f"{entry.minutes:g} min on 2 CPU cores. It is cached in {path.parent} for next time."
@@ -145,11 +210,15 @@ def _train_and_save(entry: Entry, path: Path) -> dict:
     for dep in entry.depends:  # train what this starts from first, each under its own lock
         _ensure(dep)
     start = time.perf_counter()
-    model = entry.build().to(pick_device()) if entry.build is not None else None
-    metrics = entry.train(model)
+    if isinstance(entry, Model):
+        network = entry.build().to(pick_device())
+        metrics = entry.train(network, entry)
+        state = network.cpu().eval().state_dict()
+        declared = entry.declaration()
+    else:
+        metrics, state, declared = entry.compute(entry), None, {"options": entry.options}
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
-    state = model.cpu().eval().state_dict() if model is not None else None
-    saved = {"state_dict": state, "metrics": metrics, "recipe": entry.recipe, "key": entry.key()}
+    saved = {"state_dict": state, "metrics": metrics, "declaration": declared, "key": entry.key()}
     try:
         save_checkpoint(path, saved)
     except OSError as e:  # a full or read-only disk: keep what was just trained
@@ -160,13 +229,6 @@ def _train_and_save(entry: Entry, path: Path) -> dict:
             stacklevel=3,
         )
     return saved
-
-
-def _save(entry: Entry, path: Path, state: dict | None, metrics: dict) -> None:
-    """What a cached zoo file holds, written atomically (one place, for trained and adopted)."""
-    save_checkpoint(
-        path, {"state_dict": state, "metrics": metrics, "recipe": entry.recipe, "key": entry.key()}
-    )
 
 
 def _lock(path: Path) -> FileLock:
@@ -221,7 +283,7 @@ def _say(name: str, where: str) -> None:
         print(f"zoo: {name!r} {where}")
 
 
-def _load(entry: Entry, path: Path) -> dict:
+def _load(entry: Model | Result, path: Path) -> dict:
     """The cached state of ``entry``, its digest checked: a damaged file is an error that says
     what to do, never silently retrained over or used."""
     state = load_checkpoint(
@@ -237,66 +299,40 @@ def _load(entry: Entry, path: Path) -> dict:
 
 def get(name: str, device: str | torch.device = "cpu", retrain: bool = False) -> nn.Module:
     """The trained model ``name`` in eval mode on ``device`` (CPU unless asked), training and
-    caching it on first use."""
-    entry = _entry(name)
-    if entry.build is None:
-        raise ValueError(f"{name!r} is a cached result, not a model: use zoo.info({name!r})")
+    caching it on first use. Loading leaves torch's global random state as it was."""
+    entry = _model(name)
     state = _ensure(name, retrain)
     model = entry.build()
     load_checked(model, state["state_dict"], f"cached zoo model {entry.path().name}")
     return model.to(as_device(device)).eval()
 
 
-def adopt(name: str, model: nn.Module, recipe: Recipe | dict, metrics: dict | None = None) -> bool:
-    """Cache ``model``, which a chapter trained itself, as the zoo's ``name``, so that the zoo
-    does not train the same thing a second time (chapter 4 trains the MNIST ViT in front of the
-    reader; chapters 5-13 then load it).
-
-    Only a model trained exactly as the zoo would train it may stand in: the same configuration
-    and ``recipe`` (checked here), built right after ``seed_everything(recipe["seed"])`` and
-    trained by ``fit`` (which draws every random number from generators seeded by the recipe's
-    seed and the step, so the result does not depend on what ran before). Returns True if it
-    was written, False if the zoo already had the model (which is left alone).
-    """
-    entry = _entry(name)
-    if entry.build is None:
-        raise ValueError(f"{name!r} is a cached result, not a model")
-    fields = recipe.to_dict() if isinstance(recipe, Recipe) else dict(recipe)
-    given = {"config": model.cfg.to_dict(), **fields}
-    if given != entry.recipe:
-        differ = sorted(
-            k for k in set(given) | set(entry.recipe) if given.get(k) != entry.recipe.get(k)
-        )
-        raise ValueError(
-            f"this model was not trained with {name!r}'s recipe ({', '.join(differ)} differ); "
-            f"only a model trained exactly as the zoo would train it can stand in for it"
-        )
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    load_checked(entry.build(), state, f"the model offered as {name!r}")
-    path = entry.path()
-    if path.exists():
-        return False
-    lock = _lock(path)
-    try:
-        if path.exists():
-            return False
-        _save(entry, path, state, {**(metrics or {}), "adopted": True})
-    finally:
-        lock.release()
-    print(f"zoo: cached this model as {name!r} in {path.parent}; later chapters load it")
-    return True
-
-
 def info(name: str) -> dict:
-    """What was measured when ``name`` was trained (test accuracy, training time, ...), plus its
-    recipe and cache key; for a result entry, the result. Trains or computes it first if needed."""
+    """What was measured when the model ``name`` was trained (test accuracy, training time, its
+    training history, ...), plus its declaration and cache key. Trains it first if needed."""
+    _model(name)
     state = _ensure(name)
-    return {"name": name, "key": state["key"], "recipe": state["recipe"], **state["metrics"]}
+    return {
+        "name": name,
+        "key": state["key"],
+        "declaration": state["declaration"],
+        **state["metrics"],
+    }
+
+
+def result(name: str) -> dict:
+    """The cached computation ``name`` (a `Result`), computing it first if needed."""
+    entry = _entry(name)
+    if not isinstance(entry, Result):
+        raise ValueError(f"{name!r} is a model, not a result: use zoo.get or zoo.info({name!r})")
+    state = _ensure(name)
+    return {k: v for k, v in state["metrics"].items() if k != "train_seconds"}
 
 
 def source(name: str) -> str:
     """The code that trains ``name``, for readers who want to see the recipe."""
-    return inspect.getsource(_entry(name).train)
+    entry = _entry(name)
+    return inspect.getsource(entry.train if isinstance(entry, Model) else entry.compute)
 
 
 def pack_release(folder: str | Path) -> Path:

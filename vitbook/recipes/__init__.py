@@ -23,7 +23,6 @@ from .classifiers import (  # noqa: F401
     UNKNOWN_TRAIN,
     mnist_config,
     open_set,
-    train_mnist_classifier,
 )
 from .selfsup import (  # noqa: F401
     IJEPA_ARCH,
@@ -31,10 +30,8 @@ from .selfsup import (  # noqa: F401
     MAE_ARCH,
     MAE_RECIPE,
     SSL_FINETUNE,
-    build_ijepa,
-    build_mae,
     evaluate_encoder,
     ssl_config,
 )
 from .students import STUDENTS, student_config, student_train_set  # noqa: F401
-from .synthetic_digits import FEW_REAL, SOURCES  # noqa: F401
+from .synthetic_digits import FEW_REAL, SOURCE_MODELS, SOURCES  # noqa: F401

@@ -1,31 +1,31 @@
 """The book's classifiers: the chapter-4 MNIST ViT (and its position-embedding variants), the
 same ViT trained on Fashion-MNIST (the offline stand-in for a pretrained model, chs. 7-9), and
-the chapter-8 task: two digits plus "unknown"."""
+the chapter-8 task: two digits plus "unknown", and the plain two-digit classifier beside it.
+
+Each model is one `vitbook.zoo.Model` declaration: architecture and configuration, recipe, data,
+augmentation, and the procedure (`supervised`, `fine_tuned`) that trains it from them."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import torch
-import torch.nn as nn
 
-from .. import data, zoo
-from ..claims import seed as book_seed
+from .. import data, settings, zoo
 from ..loops import model_device
 from ..model import ViT, ViTConfig
-from ..train import Recipe, evaluate, fit, seed_everything
-from ..transfer import finetune, relabel, select
+from ..train import Recipe, evaluate, fit
+from ..transfer import FINETUNE_RECIPE, relabel, select
 from ..transforms import DigitAugment
 
-# The seed of every model here: ``$VITBOOK_SEED`` (default 0), read once at import; the zoo
-# puts it into every key.
-SEED = zoo.SEED
+# The seed of every model and experiment here: $VITBOOK_SEED (default 0), read once.
+SEED = settings.seed()
 
 
 def mnist_config(**overrides) -> ViTConfig:
     """The book's MNIST ViT: 28x28 digits in 7x7 patches (a 4x4 grid), width 64, 3 blocks of
     4 heads, MLP 128, classified from the class token; about 105k parameters. Explicit attention,
-    since for 17 tokens it is faster on a CPU than the fused kernel (`python -m vitbook.bench`)."""
+    since for 17 tokens it is as fast on a CPU as the fused kernel (`python -m vitbook.bench`)."""
     fields = dict(
         image_size=28, patch_size=7, in_channels=1, num_classes=10,
         dim=64, depth=3, heads=4, mlp_dim=128, pool="cls", fused_attn=False,
@@ -37,7 +37,7 @@ def mnist_config(**overrides) -> ViTConfig:
 # The chapter-4 recipe: what the MNIST ViT is trained with (AdamW, warm-up + cosine, label
 # smoothing), with small affine augmentation of the digits (`DigitAugment`).
 MNIST_RECIPE = Recipe(
-    epochs=9,
+    epochs=6,
     batch_size=128,
     lr=3e-3,
     warmup_epochs=0.5,
@@ -47,70 +47,75 @@ MNIST_RECIPE = Recipe(
 )
 
 
-def train_mnist_classifier(model: nn.Module, recipe: Recipe, train_set=None) -> dict:
-    """Train on MNIST's 60,000 training digits (or ``train_set``) with ``recipe`` and the digit
-    augmentation, where the model is; report test accuracy."""
-    seed_everything(recipe.seed)
-    train_set = train_set if train_set is not None else data.mnist("train")
-    test_set = data.mnist("test")
-    history = fit(model, train_set, test_set, recipe, augmentation=DigitAugment())
+def mnist_sets():
+    """MNIST's 60,000 training digits, and its 10,000 test digits to evaluate on."""
+    return data.mnist("train"), data.mnist("test")
+
+
+def fashion_sets():
+    """Fashion-MNIST's 60,000 training images, and its 10,000 test images."""
+    return data.fashion_mnist("train"), data.fashion_mnist("test")
+
+
+def supervised(network, model: zoo.Model) -> dict:
+    """Train ``network`` on the declaration's data with its recipe and augmentation, where the
+    network is; report the last epoch's test accuracy and keep the whole training history (so
+    that chapter 4 can show a run the zoo did instead of training a second copy)."""
+    train_set, test_set = model.data()
+    history = fit(network, train_set, test_set, model.recipe, augmentation=model.augmentation)
     return {
-        "test_accuracy": evaluate(model, test_set)["accuracy"],
-        "epochs": history.final.get("epoch"),
+        "test_accuracy": history.final["val_acc"],
+        "history": history.to_dict(),
+        "trained_with": trained_with(network),
     }
 
 
-def build_seeded(cfg_fn, seed: int | None = None):
-    """A build function for the zoo: a ViT of ``cfg_fn()``, initialised right after seeding."""
-
-    def build():
-        seed_everything(SEED if seed is None else seed)
-        return ViT(cfg_fn())
-
-    return build
-
-
-def entry_recipe(cfg: ViTConfig, recipe: Recipe, **more) -> dict:
-    """What a zoo key records of a model: its configuration, its recipe, and anything else."""
-    return {"config": cfg.to_dict(), **recipe.to_dict(), **more}
+def trained_with(network) -> dict:
+    """Where a run happened: the device, torch's CPU kernels and threads (a run repeats bit for
+    bit only where all three match)."""
+    return {
+        "device": str(model_device(network)),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
 
 
-zoo.register(
-    zoo.Entry(
-        name="mnist-vit",
-        description="the chapter-4 ViT trained on MNIST",
-        build=build_seeded(mnist_config),
-        train=lambda m: train_mnist_classifier(m, MNIST_RECIPE),
-        recipe=entry_recipe(mnist_config(), MNIST_RECIPE),
-        minutes=2,
-    )
-)
-for _pos in ("sincos", "none"):
-    zoo.register(
-        zoo.Entry(
-            name=f"mnist-vit-{'nopos' if _pos == 'none' else _pos}",
-            description=f"the chapter-4 ViT with {'no' if _pos == 'none' else 'a 2D sin-cos'} position embedding, same recipe",
-            build=build_seeded(lambda _pos=_pos: mnist_config(pos_embed=_pos)),
-            train=lambda m: train_mnist_classifier(m, MNIST_RECIPE),
-            recipe=entry_recipe(mnist_config(pos_embed=_pos), MNIST_RECIPE),
-            minutes=2,
+def classifier(name: str, description: str, config: ViTConfig, recipe: Recipe = MNIST_RECIPE,
+               sets=mnist_sets, minutes: float = 2) -> zoo.Model:  # fmt: skip
+    """A ViT trained from scratch by `supervised`, with the digit augmentation."""
+    return zoo.register(
+        zoo.Model(
+            name, description, ViT, config, recipe, supervised,
+            data=sets, augmentation=DigitAugment(), minutes=minutes,
         )
-    )
+    )  # fmt: skip
+
+
+classifier("mnist-vit", "the chapter-4 ViT trained on MNIST", mnist_config())
+classifier(
+    "mnist-vit-sincos",
+    "the chapter-4 ViT with a 2D sin-cos position embedding, same recipe",
+    mnist_config(pos_embed="sincos"),
+)
+classifier(
+    "mnist-vit-nopos",
+    "the chapter-4 ViT with no position embedding, same recipe",
+    mnist_config(pos_embed="none"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
-# Transfer (chapters 7-9): a ViT pretrained on another task, and its fine-tuned descendant.
+# Transfer (chapters 7-9): a ViT pretrained on another task, and its fine-tuned descendants.
 
-FASHION_RECIPE = replace(MNIST_RECIPE, epochs=5)
-OPEN_SET_RECIPE = dict(epochs=2, seed=SEED)  # over vitbook.transfer.FINETUNE_RECIPE
-
-
-def train_fashion(model) -> dict:
-    seed_everything(SEED)
-    test_set = data.fashion_mnist("test")
-    fit(model, data.fashion_mnist("train"), test_set, FASHION_RECIPE, augmentation=DigitAugment())
-    return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
-
+FASHION_RECIPE = replace(MNIST_RECIPE, epochs=4)
+classifier(
+    "fashion-vit",
+    "the chapter-4 ViT trained on Fashion-MNIST: the offline 'pretrained' model",
+    mnist_config(),
+    FASHION_RECIPE,
+    fashion_sets,
+    minutes=1.5,
+)
 
 KNOWN = (3, 8)  # the two digits the classifier must name
 UNKNOWN_TRAIN = (0, 1, 2, 4, 5)  # digits it is shown as examples of "unknown"
@@ -134,9 +139,9 @@ def open_set(
     * ``novel_digits``: test images of the ``unknown_held_out`` digits (never in training);
     * ``novel_fashion``: ``fashion_test`` Fashion-MNIST test images (never in training).
 
-    ``seed`` (default: the book's, :func:`vitbook.claims.seed`) draws the unknown training
+    ``seed`` (default: the book's, `vitbook.settings.seed`) draws the unknown training
     examples and the Fashion-MNIST images."""
-    g = torch.Generator().manual_seed(book_seed() if seed is None else seed)
+    g = torch.Generator().manual_seed(SEED if seed is None else seed)
     train_all, test_all = data.mnist("train"), data.mnist("test")
     known_train = select(train_all, known)
     unknown_pool = select(train_all, unknown_train)
@@ -161,41 +166,52 @@ def open_set(
     }
 
 
-def build_open_set():
-    seed_everything(SEED)
-    return ViT(mnist_config(num_classes=3))
-
-
-def train_open_set(model) -> dict:
+def open_set_sets():
+    """The chapter-8 task's training set (3, 8 and unknowns) and its test set of seen kinds."""
     sets = open_set()
-    torch.manual_seed(SEED)
-    pretrained = zoo.get("fashion-vit", device=model_device(model))
-    tuned, _ = finetune(
-        pretrained, sets["train"], num_classes=3, augmentation=DigitAugment(), **OPEN_SET_RECIPE
+    return sets["train"], sets["test"]
+
+
+def fine_tuned(network, model: zoo.Model) -> dict:
+    """Start from the zoo model ``model.options["start"]``, with a zero-initialised head of the
+    declaration's classes (the paper's fine-tuning), and train every weight on the declaration's
+    data with its recipe and augmentation."""
+    start = zoo.get(model.options["start"], device=model_device(network))
+    start.replace_head(model.config.num_classes)
+    network.load_state_dict(start.state_dict())
+    train_set, test_set = model.data()
+    fit(network, train_set, None, model.recipe, augmentation=model.augmentation, progress=False)
+    return {"test_accuracy": evaluate(network, test_set)["accuracy"]}
+
+
+OPEN_SET_RECIPE = Recipe(**{**FINETUNE_RECIPE, "epochs": 2, "seed": SEED})
+zoo.register(
+    zoo.Model(
+        "digits-3-8-unknown",
+        "fashion-vit fine-tuned to 3, 8 and 'unknown' (chapter 8)",
+        ViT, mnist_config(num_classes=3), OPEN_SET_RECIPE, fine_tuned,
+        data=open_set_sets, augmentation=DigitAugment(), options={"start": "fashion-vit"},
+        depends=("fashion-vit",), minutes=0.5,
     )
-    model.load_state_dict(tuned.state_dict())
-    return {"test_accuracy": evaluate(model, sets["test"])["accuracy"]}
+)  # fmt: skip
+
+
+def known_digit_sets():
+    """Every training 3 and 8 (labelled 0 and 1), and the test set's 3s and 8s: the chapter-8
+    task without an unknown class."""
+    sets = open_set()
+    keep = [
+        s.subset((s.labels < len(KNOWN)).nonzero().flatten()) for s in (sets["train"], sets["test"])
+    ]
+    return tuple(data.ImageDataset(s.images, s.labels, OPEN_SET_CLASSES[:2], s.name) for s in keep)
 
 
 zoo.register(
-    zoo.Entry(
-        name="fashion-vit",
-        description="the chapter-4 ViT trained on Fashion-MNIST: the offline 'pretrained' model",
-        build=build_seeded(mnist_config),
-        train=train_fashion,
-        recipe=entry_recipe(mnist_config(), FASHION_RECIPE),
-        minutes=1.5,
+    zoo.Model(
+        "digits-3-8",
+        "fashion-vit fine-tuned to tell 3 from 8 alone, no unknown class (chapter 8's comparison)",
+        ViT, mnist_config(num_classes=2), OPEN_SET_RECIPE, fine_tuned,
+        data=known_digit_sets, augmentation=DigitAugment(), options={"start": "fashion-vit"},
+        depends=("fashion-vit",), minutes=0.3,
     )
-)
-zoo.register(
-    zoo.Entry(
-        name="digits-3-8-unknown",
-        description="fashion-vit fine-tuned to 3, 8 and 'unknown' (chapter 8)",
-        build=build_open_set,
-        train=train_open_set,
-        recipe={"config": mnist_config(num_classes=3).to_dict(), **OPEN_SET_RECIPE},
-        modules=("model", "train", "data", "transforms", "transfer", "interop"),
-        depends=("fashion-vit",),
-        minutes=0.5,
-    )
-)
+)  # fmt: skip

@@ -1,30 +1,37 @@
-"""Distillation (chapter 12): a small CNN teacher, and small ViT students trained on 5,000
-labelled digits several ways: alone, from the teacher's soft or hard labels, with and without
-a distillation token (`vitbook.distill`)."""
+"""Distillation (chapter 12): a small CNN teacher, and small ViT students that see the labels of
+only 5,000 digits.
+
+* ``student-plain``: the 5,000 labelled digits, cross-entropy;
+* ``student-soft``, ``student-hard-token``: the same 5,000 digits, with the teacher's soft
+  targets (Hinton et al.) or DeiT's hard distillation through a distillation token;
+* ``student-soft-unlabelled``: the setting where distillation is known to pay: the teacher's
+  soft targets on all 60,000 training images, of which the student has labels for 5,000;
+* ``student-soft-unlabelled-untrained-teacher``: the same with the teacher's *untrained*
+  network, the control: what the student gains must come from what the teacher learned.
+
+Every student: the same architecture, recipe, number of steps and augmentation."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from .. import data, zoo
 from ..distill import DistilledViT, SmallCNN, student_loss_fn
 from ..loops import model_device
 from ..model import ViT, ViTConfig
-from ..train import evaluate, fit, seed_everything
+from ..train import evaluate, fit
 from ..transforms import DigitAugment
-from .classifiers import MNIST_RECIPE, SEED, entry_recipe, mnist_config
+from .classifiers import MNIST_RECIPE, SEED, mnist_config, mnist_sets, supervised
 
 CNN_RECIPE = replace(MNIST_RECIPE, epochs=2, lr=2e-3, label_smoothing=0.0)
 STUDENT_LABELS = 500  # labelled training digits per class the students learn from
 STUDENT_STEPS = 600
 # No label smoothing for any student: the distillation losses use plain cross-entropy on the
-# labels, so the plain student does too, and only the target differs between them.
-STUDENT_RECIPE = replace(
-    MNIST_RECIPE,
-    epochs=round(STUDENT_STEPS / (10 * STUDENT_LABELS // 128)),
-    warmup_epochs=1.0,
-    label_smoothing=0.0,
-)
+# labels, so the plain student does too, and only the target differs between them. The recipe
+# is given in steps: every student takes 600 optimizer steps, whatever its training set's size.
+STUDENT_RECIPE = replace(MNIST_RECIPE, warmup_epochs=1.0, label_smoothing=0.0)
 
 
 def student_config(**overrides) -> ViTConfig:
@@ -34,83 +41,92 @@ def student_config(**overrides) -> ViTConfig:
 
 
 def student_train_set():
-    """The 5,000 labelled digits the students see (the teachers were trained on all 60,000)."""
+    """The 5,000 labelled digits the students see (the teacher was trained on all 60,000)."""
     return data.few_per_class(data.mnist("train"), STUDENT_LABELS, seed=SEED)
 
 
-def build_cnn():
-    seed_everything(SEED)
-    return SmallCNN()
+UNLABELLED = 10  # the label of an image the student has no label for (masked in the loss)
 
 
-def train_cnn(model) -> dict:
-    test_set = data.mnist("test")
-    fit(model, data.mnist("train"), test_set, CNN_RECIPE, augmentation=DigitAugment())
-    return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
+def student_sets():
+    """The students' training set, and the test set."""
+    return student_train_set(), data.mnist("test")
 
 
-# name -> (teacher, kind of distillation, with a distillation token)
-STUDENTS = {
-    "student-plain": (None, "none", False),
-    "student-soft": ("mnist-cnn", "soft", False),
-    "student-hard": ("mnist-cnn", "hard", False),
-    "student-soft-token": ("mnist-cnn", "soft", True),
-    "student-hard-token": ("mnist-cnn", "hard", True),
-    "student-hard-token-vit": ("mnist-vit", "hard", True),
-}
+def partly_labelled_sets():
+    """All 60,000 training images; only the 5,000 of `student_train_set` keep their label, the
+    others are marked `UNLABELLED` (the loss reads the teacher alone there). And the test set."""
+    full = data.mnist("train")
+    keep = torch.zeros(len(full), dtype=torch.bool)
+    keep[data.few_per_class_indices(full, STUDENT_LABELS, seed=SEED)] = True  # the same 5,000
+    labels = torch.where(keep, full.labels, torch.full_like(full.labels, UNLABELLED))
+    partly = data.ImageDataset(full.images, labels, name="mnist-train-5000-labelled")
+    return partly, data.mnist("test")
 
 
-def student_builder(token: bool):
-    def build():
-        seed_everything(SEED)
-        return DistilledViT(student_config()) if token else ViT(student_config())
+def distilled(network, model: zoo.Model) -> dict:
+    """Train a student on the declaration's data for `STUDENT_STEPS` steps, with the teacher of
+    ``model.options`` (its trained network, or its untrained one for the control)."""
+    device = model_device(network)
+    teacher_name, kind = model.options["teacher"], model.options["kind"]
+    teacher = (
+        zoo.get(teacher_name, device=device)
+        if model.options.get("teacher_trained", True)
+        else zoo.untrained(teacher_name).to(device)
+    )
+    train_set, test_set = model.data()
+    recipe = replace(
+        model.recipe, epochs=STUDENT_STEPS / (len(train_set) // model.recipe.batch_size)
+    )
+    loss_fn = student_loss_fn(teacher, kind, unlabelled=UNLABELLED)
+    fit(network, train_set, test_set, recipe, loss_fn=loss_fn, augmentation=model.augmentation)
+    return {"test_accuracy": evaluate(network, test_set)["accuracy"]}
 
-    return build
 
-
-def student_trainer(teacher_name, kind):
-    def train_student(model) -> dict:
-        device = model_device(model)
-        teacher = zoo.get(teacher_name, device=device) if teacher_name else None
-        loss_fn = student_loss_fn(teacher, kind) if teacher is not None else None
-        test_set = data.mnist("test")
-        fit(
-            model, student_train_set(), test_set, STUDENT_RECIPE, loss_fn=loss_fn,
-            augmentation=DigitAugment(),
-        )  # fmt: skip
-        return {"test_accuracy": evaluate(model, test_set)["accuracy"]}
-
-    return train_student
+def plain_student(network, model: zoo.Model) -> dict:
+    """The plain student: `STUDENT_STEPS` steps of cross-entropy on the labelled digits."""
+    train_set, _ = model.data()
+    steps_per_epoch = len(train_set) // model.recipe.batch_size
+    return supervised(network, replace(model, recipe=replace(
+        model.recipe, epochs=STUDENT_STEPS / steps_per_epoch)))  # fmt: skip
 
 
 zoo.register(
-    zoo.Entry(
-        name="mnist-cnn",
-        description="a small CNN teacher for chapter 12",
-        build=build_cnn,
-        train=train_cnn,
-        recipe=CNN_RECIPE.to_dict(),
-        modules=("model", "train", "data", "transforms", "distill"),
-        minutes=1.5,
+    zoo.Model(
+        "mnist-cnn", "a small CNN teacher for chapter 12", SmallCNN, None, CNN_RECIPE,
+        supervised, data=mnist_sets, augmentation=DigitAugment(), minutes=1.5,
     )
-)
-for _name, (_teacher, _kind, _token) in STUDENTS.items():
+)  # fmt: skip
+
+# name -> (kind of distillation, data, teacher trained?, a distillation token?)
+STUDENTS = {
+    "student-plain": ("none", student_sets, True, False),
+    "student-soft": ("soft", student_sets, True, False),
+    "student-hard-token": ("hard", student_sets, True, True),
+    "student-soft-unlabelled": ("soft", partly_labelled_sets, True, False),
+    "student-soft-unlabelled-untrained-teacher": ("soft", partly_labelled_sets, False, False),
+}
+for _name, (_kind, _sets, _trained, _token) in STUDENTS.items():
+    _teacher = (
+        "" if _kind == "none" else (" from the CNN" if _trained else " from the CNN untrained")
+    )
+    _where = (
+        "60,000 images, 5,000 labelled"
+        if _sets is partly_labelled_sets
+        else "5,000 labelled digits"
+    )
     zoo.register(
-        zoo.Entry(
-            name=_name,
-            description=f"a small ViT student, {_kind} distillation{' from ' + _teacher if _teacher else ''}{', distillation token' if _token else ''}",
-            build=student_builder(_token),
-            train=student_trainer(_teacher, _kind),
-            recipe=entry_recipe(
-                student_config(),
-                STUDENT_RECIPE,
-                teacher=_teacher,
-                kind=_kind,
-                token=_token,
-                labels_per_class=STUDENT_LABELS,
-            ),  # fmt: skip
-            modules=("model", "train", "data", "transforms", "distill"),
-            depends=(_teacher,) if _teacher else (),
-            minutes=0.7,
+        zoo.Model(
+            _name,
+            f"a small ViT student, {_kind} distillation{_teacher}{', distillation token' if _token else ''}; {_where}",
+            DistilledViT if _token else ViT,
+            student_config(),
+            STUDENT_RECIPE,
+            plain_student if _kind == "none" else distilled,
+            data=_sets,
+            augmentation=DigitAugment(),
+            options={} if _kind == "none" else {"teacher": "mnist-cnn", "kind": _kind, "teacher_trained": _trained},
+            depends=() if _kind == "none" else ("mnist-cnn",),
+            minutes=0.5,
         )
-    )
+    )  # fmt: skip

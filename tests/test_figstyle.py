@@ -106,3 +106,35 @@ def test_the_live_explorers_still_reads_at_page_width():
     live = explorer.AttentionExplorer(x, maps, attention.rollout(maps))
     size, text = figstyle.text_on_page(live.figure())
     assert size >= figstyle.MIN_TEXT_PT, (size, text)
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_no_package_figure_has_text_that_collides(name):
+    fig = FIGURES[name]()
+    try:
+        assert figstyle.overlapping_text(fig) == []
+    finally:
+        plt.close(fig)
+
+
+def test_the_collision_check_finds_captions_that_run_together_and_labels_that_overlap():
+    # the negative control: chapter 8's old captions, side by side at 9 pt in 1-inch cells
+    fig, axes = plt.subplots(1, 6, figsize=(6, 1.25))
+    for a in axes:
+        a.set_title("unknown (train)", fontsize=9)
+        a.axis("off")
+    found = figstyle.overlapping_text(fig)
+    plt.close(fig)
+    assert len(found) == 5 and "overlaps" in found[0]
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.text(0.1, 0.5, "clipped label far outside", clip_on=True, transform=ax.transData)
+    ax.set_xlim(0.5, 1)
+    assert any("cut by its axes" in c for c in figstyle.overlapping_text(fig))
+    plt.close(fig)
+
+
+def test_long_captions_wrap_instead_of_colliding():
+    fig = viz.show_images(torch.rand(6, 1, 28, 28), ["unknown (train)"] * 6, ncols=6, size=1.0)
+    assert figstyle.overlapping_text(fig) == []
+    assert viz.wrap_caption("unknown (train)", 1.0) == "unknown\n(train)"
+    plt.close(fig)

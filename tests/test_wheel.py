@@ -82,6 +82,13 @@ def test_the_wheel_holds_every_module_and_subpackage(installed):
     }
     assert in_repo - in_wheel == set(), f"missing from the wheel: {sorted(in_repo - in_wheel)}"
     assert "vitbook/recipes/__init__.py" in in_wheel
+    data_files = {
+        str(p.relative_to(ROOT)) for p in (ROOT / "vitbook").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }  # fmt: skip
+    assert data_files and data_files <= set(names), (
+        f"data files missing: {sorted(data_files - set(names))}"
+    )
 
 
 def test_every_module_imports_from_the_installed_wheel(installed):

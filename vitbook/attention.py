@@ -48,6 +48,21 @@ def rollout(maps: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     return joint
 
 
+@torch.no_grad()
+def logit_lens(model, x: torch.Tensor) -> torch.Tensor:
+    """The prediction read after every block (a "logit lens"): the class token's state after the
+    embedding and after each block, put through the final LayerNorm and the head.
+    Returns (L + 1, B, num_classes) logits; the last row is the model's own output."""
+    with evaluating(model):
+        x = x.to(model_device(model))
+        tokens = model.pos_drop(model.prepend_cls(model.embed(x)))
+        out = [model.head(model.norm(tokens)[:, 0])]
+        for block in model.blocks:
+            tokens, _ = block(tokens)
+            out.append(model.head(model.norm(tokens)[:, 0]))
+    return torch.stack(out)
+
+
 def patch_distances(grid: int, patch_size: int) -> torch.Tensor:
     """Euclidean distance in pixels between the centres of every pair of patches: (N, N)."""
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")

@@ -17,7 +17,7 @@ from pathlib import Path
 from vitbook import perf
 from vitbook.recipes import benchmarks, mnist_config
 
-PARTS = ["throughput", "time-to-98.5", "best", "best-hybrid"]
+PARTS = ["throughput", "time-to-98.5", "levers", "finetune-lr", "best", "best-hybrid"]
 
 
 def section(part: str, quick: bool) -> str:
@@ -42,6 +42,12 @@ def section(part: str, quick: bool) -> str:
     elif part == "time-to-98.5":
         title = "Time to 98.5% MNIST test accuracy"
         body = perf.format_accuracy(benchmarks.chapter4_time_to_accuracy(), "chapter-4 recipe")
+    elif part == "levers":
+        title = "Training levers, before and after"
+        body = perf.format_levers(benchmarks.training_levers())
+    elif part == "finetune-lr":
+        title = "Fine-tuning learning rates of the self-supervision chapters"
+        body = format_finetune_lr(benchmarks.select_finetune_lr())
     elif part == "best":
         title = "Best accuracy, plain ViT"
         body = perf.format_accuracy(benchmarks.best_accuracy(), "best-accuracy recipe, plain ViT")
@@ -54,6 +60,29 @@ def section(part: str, quick: bool) -> str:
     # one level under the page's title (the book builds with warnings as errors, and MyST
     # warns when a level is skipped); the heading first, then how it was measured
     return f"## {title}\n\n{header}\n\n{body}\n"
+
+
+def format_finetune_lr(res: dict) -> str:
+    """The selection table: validation accuracy of every encoder at every rate."""
+    fr = res["fractions"]
+    lines = [
+        "| encoder | learning rate | " + " | ".join(f"{f:.0%} labels" for f in fr) + " | chosen |",
+        "|---|---|" + "---|" * len(fr) + "---|",
+    ]
+    for (name, lr), accs in res["table"].items():
+        mark = "yes" if res["chosen"][name] == lr else ""
+        lines.append(
+            f"| {name} | {lr:g} | "
+            + " | ".join(f"{100 * accs[f]:.2f}%" for f in fr)
+            + f" | {mark} |"
+        )
+    lines.append("")
+    lines.append(
+        "Validation accuracy after the protocol's fine-tune (probe head, then 300 steps), on 10,000 "
+        "training images held out from the label budgets; the test set is not used. The chosen rates "
+        "are `recipes.SSL_FINETUNE_LR`."
+    )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:

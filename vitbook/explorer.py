@@ -132,7 +132,7 @@ def attention_explorer_figure(
                 showscale=False,
                 zmin=0,
                 zmax=255,
-                hoverinfo="skip",
+                hoverinfo="none",  # no tooltip, but clicks count: "skip" made the image panel deaf
             ),
             row=r + 1,
             col=c + 1,

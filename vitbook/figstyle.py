@@ -7,6 +7,8 @@ it: 8-point labels on a 12-inch figure land as 4.6 points. `book_style` sets tex
 and more and sharp (retina) output; `text_on_page` measures the smallest text a figure puts
 on the page, found by drawing it; `book_style` also records that size for every figure a
 notebook shows, and `too_small` lists the figures under `MIN_TEXT_PT`, for the Checks cell.
+The same draw finds text that collides: two labels whose boxes overlap, or a label its clip box
+cuts (`overlapping_text`); `collisions` lists them for every figure shown.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ STYLE = {
 }
 
 _shown: list[tuple[int, float, str]] = []  # (figure number shown, smallest text in pt, that text)
+_collided: list[str] = []  # every collision found in a figure shown
+OVERLAP_PX = 1.5  # boxes that overlap by less than this in either direction only touch
 
 
 def text_on_page(fig, column_px: int = COLUMN_PX) -> tuple[float, str]:
@@ -46,9 +50,14 @@ def text_on_page(fig, column_px: int = COLUMN_PX) -> tuple[float, str]:
     sizes: list[tuple[float, str]] = []
     draw_text = renderer.draw_text
 
+    drawn = {}  # the Text artists drawn, by id (a text of several lines is drawn line by line)
+
     def spy(gc, x, y, s, prop, angle, *args, **kwargs):
         if str(s).strip():
             sizes.append((prop.get_size_in_points(), str(s)))
+            mtext = kwargs.get("mtext")
+            if mtext is not None:
+                drawn[id(mtext)] = mtext
         return draw_text(gc, x, y, s, prop, angle, *args, **kwargs)
 
     renderer.draw_text = spy
@@ -56,12 +65,43 @@ def text_on_page(fig, column_px: int = COLUMN_PX) -> tuple[float, str]:
         fig.draw(renderer)
     finally:
         del renderer.draw_text
+    fig._vitbook_drawn = (renderer, list(drawn.values()))  # for overlapping_text: no second draw
     if not sizes:
         return float("inf"), ""
     width_px = fig.get_tightbbox(renderer).width * fig.dpi
     scale = min(1.0, column_px / width_px)
     size, text = min(sizes)
     return size * fig.dpi / 72 / CSS_PX_PER_PT * scale, text
+
+
+def overlapping_text(fig) -> list[str]:
+    """Text in ``fig`` that collides: pairs of drawn labels whose boxes overlap (by more than
+    `OVERLAP_PX` both ways), and labels that their own clip box cuts. Described, one a line."""
+    if getattr(fig, "_vitbook_drawn", None) is None:
+        text_on_page(fig)
+    renderer, drawn = fig._vitbook_drawn
+    texts = []
+    for t in drawn:
+        try:
+            box = t.get_window_extent(renderer)
+        except (RuntimeError, ValueError):
+            continue
+        if box.width > 0 and box.height > 0:
+            texts.append((t, box))
+    out = []
+    for i, (a, ba) in enumerate(texts):
+        for b, bb in texts[i + 1 :]:
+            dx = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            dy = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            if dx > OVERLAP_PX and dy > OVERLAP_PX:
+                out.append(f"'{a.get_text()[:25]}' overlaps '{b.get_text()[:25]}'")
+        clip = a.get_clip_box() if a.get_clip_on() else None
+        if clip is not None and (
+            ba.x0 < clip.x0 - OVERLAP_PX or ba.x1 > clip.x1 + OVERLAP_PX
+            or ba.y0 < clip.y0 - OVERLAP_PX or ba.y1 > clip.y1 + OVERLAP_PX
+        ):  # fmt: skip
+            out.append(f"'{a.get_text()[:25]}' is cut by its axes")
+    return out
 
 
 def book_style() -> None:
@@ -87,7 +127,9 @@ def book_style() -> None:
 
     def recording(fig, *args, **kwargs):
         size, text = text_on_page(fig)
-        _shown.append((getattr(fig, "number", -1), size, text))
+        number = getattr(fig, "number", -1)
+        _shown.append((number, size, text))
+        _collided.extend(f"figure {number}: {c}" for c in overlapping_text(fig))
         return inner(fig, *args, **kwargs)
 
     recording.vitbook_records = True
@@ -107,3 +149,8 @@ def too_small(minimum: float = MIN_TEXT_PT) -> list[str]:
 def shown() -> int:
     """How many figures were shown (and measured) since `book_style`."""
     return len(_shown)
+
+
+def collisions() -> list[str]:
+    """Text that collides in the figures shown since `book_style` (`overlapping_text`)."""
+    return list(_collided)

@@ -9,13 +9,50 @@ import inspect
 import textwrap
 
 
-def source(*objects, skip_docstring: bool = False):
+class Source:
+    """Highlighted source code for the page. Each line is its own block with a hanging indent, so
+    that a line the column wraps continues under its own indentation instead of at the margin;
+    the styles are inline, so the same HTML reads the same in Jupyter, Colab and the book."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __repr__(self) -> str:
+        return self.code
+
+    def _repr_html_(self) -> str:
+        import re
+
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        html = highlight(self.code, PythonLexer(), HtmlFormatter(linespans="vbl"))
+        html = html[html.index("<pre>") + 5 : html.rindex("</pre>")]
+        lines = self.code.split("\n")
+
+        def line(m):
+            n = int(m.group(1)) - 1
+            text = lines[n] if n < len(lines) else ""
+            indent = len(text) - len(text.lstrip(" ")) + 4  # continuation lines: 4 deeper
+            return (
+                f'<span class="vb-line" style="display:block;padding-left:{indent}ch;'
+                f'text-indent:-{indent}ch;min-height:1.2em">'
+            )
+
+        html = re.sub(r'<span id="vbl-(\d+)">', line, html).replace("\n</span>", "</span>")
+        style = HtmlFormatter().get_style_defs(".vitbook-source")
+        return (
+            f'<style>{style}</style><div class="vitbook-source highlight"><pre '
+            f'style="white-space:pre-wrap;overflow-wrap:anywhere">{html}</pre></div>'
+        )
+
+
+def source(*objects, skip_docstring: bool = False) -> Source:
     """The source code of classes or functions of the package, highlighted, for the page: the
     notebook shows the code it runs, taken from ``vitbook`` itself, so the page and the code can
-    never disagree. Returns an ``IPython.display.Code`` (renders in Jupyter, Colab and the
-    built book). ``skip_docstring`` drops each function's docstring to keep the page short."""
-    from IPython.display import Code
-
+    never disagree. Returns a `Source` (renders in Jupyter, Colab and the built book; a wrapped
+    line keeps its indentation). ``skip_docstring`` drops each function's docstring."""
     parts = []
     for obj in objects:
         try:
@@ -36,7 +73,7 @@ def source(*objects, skip_docstring: bool = False):
                     else src
                 )
         parts.append(src.rstrip())
-    return Code("\n\n\n".join(parts), language="python")
+    return Source("\n\n\n".join(parts))
 
 
 def table(rows: dict, index: str = "", caption: str | None = None):

@@ -81,11 +81,20 @@ def show_images(
         if i < n:
             ax.imshow(_image2d(images[i]), cmap=cmap, vmin=0, vmax=1)
             if labels is not None:
-                ax.set_title(str(labels[i]), fontsize=9)
+                ax.set_title(wrap_caption(str(labels[i]), size), fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def wrap_caption(text: str, width_inches: float, points: float = 9) -> str:
+    """A caption broken into lines that fit a cell ``width_inches`` wide at ``points`` pt (about
+    0.6 of the size per character), at spaces and hyphens, so that neighbours never touch."""
+    import textwrap
+
+    per_line = max(4, int(width_inches * 72 / (0.62 * points)) - 1)
+    return "\n".join(textwrap.wrap(text, per_line, break_on_hyphens=True)) or text
 
 
 def show_patch_grid(image, patch_size: int, title: str | None = None):
@@ -108,9 +117,10 @@ def show_patch_grid(image, patch_size: int, title: str | None = None):
                 c * patch_size + 1,
                 r * patch_size + 2.5,
                 str(r * g + c),
-                color="tab:orange",
+                color="#ffd54f",
                 fontsize=9,
-            )
+                bbox=dict(boxstyle="round,pad=0.15", fc="black", ec="none", alpha=0.75),
+            )  # on a dark box: readable over the white strokes too
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"{g}x{g} grid of {patch_size}x{patch_size} patches")
@@ -140,11 +150,11 @@ def plot_history(history, ax=None):
     loss = np.asarray(history.step_loss)
     spe = max(1, history.steps_per_epoch)
     steps = np.arange(len(loss)) / spe
-    ax1.plot(steps, loss, color="0.75", lw=0.6, label="per step")
+    ax1.plot(steps, loss, color="0.75", lw=0.6, label="training, per step")
     k = max(1, len(loss) // 50)
     if len(loss) > k:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax1.plot(steps[k - 1 :], smooth, color="tab:blue", label=f"mean of {k} steps")
+        ax1.plot(steps[k - 1 :], smooth, color="tab:blue", label=f"training, mean of {k} steps")
     ep = [e["epoch"] for e in history.epochs]
     if any(e.get("val_loss") is not None for e in history.epochs):
         ax1.plot(
@@ -152,13 +162,16 @@ def plot_history(history, ax=None):
             [e.get("val_loss") for e in history.epochs],
             "o-",
             color="tab:orange",
-            label="validation",
+            label="test (plain cross-entropy)",
         )
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.set_yscale("log")
-    ax1.legend()
-    ax1.set_title("loss")
+    ax1.legend(fontsize=9, loc="upper right")
+    smoothing = history.recipe.get("label_smoothing") if history.recipe else None
+    ax1.set_title(
+        "loss" + (f" (training: label smoothing {smoothing:g})" if smoothing else ""), fontsize=9.5
+    )
     if any(e.get("train_acc") is not None for e in history.epochs):
         ax2.plot(
             ep, [100 * e["train_acc"] for e in history.epochs], "o-", label="train (augmented)"

@@ -63,7 +63,7 @@ def cache_dir() -> Path:
 _KEY_STOP = {
     __name__: frozenset(
         {"get", "info", "result", "untrained", "is_cached", "names", "_entry", "_ensure",
-         "_train_and_save", "_load", "_say"}
+         "_train_and_save", "_load", "_say", "_print"}
     )
 }  # fmt: skip
 # Bump to retrain every model at once (the key already follows every helper the training runs).
@@ -203,9 +203,9 @@ def untrained(name: str) -> nn.Module:
 
 def _train_and_save(entry: Model | Result, path: Path) -> dict:
     what = "training" if isinstance(entry, Model) else "computing"
-    print(
-        f"zoo: {what} {entry.name!r} ({entry.description}); first use, about "
-        f"{entry.minutes:g} min on 2 CPU cores. It is cached in {path.parent} for next time."
+    _print(
+        f"zoo: {what} {entry.name!r}, {entry.description}: first use, about "
+        f"{entry.minutes:g} min on 2 CPU cores, then cached ($VITBOOK_CACHE) for next time."
     )
     for dep in entry.depends:  # train what this starts from first, each under its own lock
         _ensure(dep)
@@ -280,7 +280,14 @@ def _say(name: str, where: str) -> None:
     """One line per model and process: where the model a chapter uses came from."""
     if name not in _SAID:
         _SAID.add(name)
-        print(f"zoo: {name!r} {where}")
+        _print(f"zoo: {name!r} {where}")
+
+
+def _print(message: str) -> None:
+    """A message in lines that fit the book's column (a printout must not wrap on the page)."""
+    import textwrap
+
+    print(textwrap.fill(message, width=78, subsequent_indent="  ", break_on_hyphens=False))
 
 
 def _load(entry: Model | Result, path: Path) -> dict:
@@ -292,8 +299,8 @@ def _load(entry: Model | Result, path: Path) -> dict:
         f"next use, or call zoo.get({entry.name!r}, retrain=True) to retrain it now",
     )
     metrics = state.get("metrics", {})
-    took = f", trained in {metrics['train_seconds']:g} s" if "train_seconds" in metrics else ""
-    _say(entry.name, f"loaded from the cache {path.parent}{took}")
+    took = f" (trained in {metrics['train_seconds']:g} s)" if "train_seconds" in metrics else ""
+    _say(entry.name, f"loaded from the cache{took}")
     return state
 
 

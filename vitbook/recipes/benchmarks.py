@@ -9,7 +9,7 @@ from .. import data, hybrid
 from ..model import ViT, preset
 from ..perf import time_to_accuracy
 from ..transforms import DigitAugment
-from .classifiers import MNIST_RECIPE, mnist_config
+from .classifiers import MNIST_RECIPE, SEED, mnist_config
 
 
 def mnist_from_disk() -> tuple:
@@ -67,3 +67,56 @@ def best_hybrid_accuracy(seed: int | None = None) -> dict:
 
 # ViT-Ti/16 at ImageNet size (224 px, 3 channels, 1000 classes), the throughput table's second row.
 VIT_TI = preset("ViT-Ti/16")
+
+
+# The fine-tuning learning rate of each encoder in the self-supervision chapters, chosen on a
+# validation split of the training images (the test set is never looked at).
+FINETUNE_LRS = (3e-4, 1e-3, 3e-3)
+
+
+def select_finetune_lr(fractions=(0.01, 0.1), val_size: int = 10000) -> dict:
+    """For each encoder of the self-supervision table, the protocol's fine-tune at every rate of
+    `FINETUNE_LRS`, trained on label budgets drawn from 50,000 training images and scored on the
+    other 10,000: returns the validation accuracies and the rate with the best mean."""
+    from .. import zoo
+    from ..loops import pick_device
+    from .selfsup import evaluate_encoder
+
+    device = pick_device()
+    split = data.train_val_split(data.mnist("train"), val_size, seed=SEED)
+    encoders = {
+        "random init": zoo.untrained("mnist-vit-p4").to(device),
+        "MAE": zoo.get("mnist-mae", device=device).encoder,
+        "I-JEPA": zoo.get("mnist-ijepa", device=device).encoder,
+    }
+    table, chosen = {}, {}
+    for name, enc in encoders.items():
+        for lr in FINETUNE_LRS:
+            got = evaluate_encoder(
+                enc, fractions, SEED, lr, train_set=split.train, test_set=split.val
+            )
+            table[(name, lr)] = {f: got[f"finetune_{f:g}"] for f in fractions}
+            print(
+                f"{name:12s} lr {lr:g}: "
+                + ", ".join(f"{f:g}: {v:.4f}" for f, v in table[(name, lr)].items()),
+                flush=True,
+            )
+        chosen[name] = max(FINETUNE_LRS, key=lambda lr: sum(table[(name, lr)].values()))
+    return {"table": table, "chosen": chosen, "fractions": fractions}
+
+
+def training_levers() -> dict:
+    """The levers measured in one run: step time in fp32 eager, bf16 autocast and compiled; and
+    the chapter-4 recipe before (9 epochs) and after (its present length) from nothing."""
+    from ..perf import step_levers
+
+    schedules = {
+        "before: 9 epochs": replace(MNIST_RECIPE, epochs=9),
+        f"after: {MNIST_RECIPE.epochs:g} epochs (the book's recipe)": MNIST_RECIPE,
+    }
+    out = {"steps": step_levers(mnist_config()), "schedules": {}}
+    for name, recipe in schedules.items():
+        out["schedules"][name] = time_to_accuracy(
+            0.985, recipe, lambda: ViT(mnist_config()), mnist_from_disk, DigitAugment()
+        )
+    return out

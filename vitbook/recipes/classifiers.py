@@ -129,6 +129,7 @@ def open_set(
     unknown_held_out=UNKNOWN_HELD_OUT,
     fashion_test: int = 2000,
     seed: int | None = None,
+    fashion_train: int = 0,
 ) -> dict:
     """The chapter-8 task. Returns datasets labelled 0 = first known digit, 1 = second,
     2 = unknown:
@@ -139,19 +140,24 @@ def open_set(
     * ``novel_digits``: test images of the ``unknown_held_out`` digits (never in training);
     * ``novel_fashion``: ``fashion_test`` Fashion-MNIST test images (never in training).
 
-    ``seed`` (default: the book's, `vitbook.settings.seed`) draws the unknown training
-    examples and the Fashion-MNIST images."""
+    ``fashion_train`` Fashion-MNIST *training* images join the unknown training examples (0 by
+    default: the model is never shown a garment). ``seed`` (default: the book's,
+    `vitbook.settings.seed`) draws the unknown training examples and the Fashion-MNIST images."""
     g = torch.Generator().manual_seed(SEED if seed is None else seed)
     train_all, test_all = data.mnist("train"), data.mnist("test")
     known_train = select(train_all, known)
     unknown_pool = select(train_all, unknown_train)
     n_unknown = len(known_train) // len(known)
     unknown_part = unknown_pool.subset(torch.randperm(len(unknown_pool), generator=g)[:n_unknown])
-    train = data.ImageDataset(
-        torch.cat([known_train.images, unknown_part.images]),
-        torch.cat([known_train.labels, unknown_part.labels]),
-        name="mnist-train",
-    )
+    images = [known_train.images, unknown_part.images]
+    labels = [known_train.labels, unknown_part.labels]
+    if fashion_train:
+        clothes = data.fashion_mnist("train")
+        g_clothes = torch.Generator().manual_seed((SEED if seed is None else seed) + 1)
+        clothes = clothes.subset(torch.randperm(len(clothes), generator=g_clothes)[:fashion_train])
+        images.append(clothes.images)
+        labels.append(torch.full((len(clothes),), UNKNOWN_TRAIN[0]))  # relabelled "unknown" below
+    train = data.ImageDataset(torch.cat(images), torch.cat(labels), name="mnist-train")
     fashion = data.fashion_mnist("test")
     fashion_part = fashion.subset(torch.randperm(len(fashion), generator=g)[:fashion_test])
     classes = (*(str(k) for k in known), "unknown")
@@ -169,6 +175,13 @@ def open_set(
 def open_set_sets():
     """The chapter-8 task's training set (3, 8 and unknowns) and its test set of seen kinds."""
     sets = open_set()
+    return sets["train"], sets["test"]
+
+
+def open_set_with_clothes_sets():
+    """The chapter-8 training set with 2,000 Fashion-MNIST training images among the unknowns
+    (the control that shows an unknown class covers what it was shown), and the test set."""
+    sets = open_set(fashion_train=2000)
     return sets["train"], sets["test"]
 
 
@@ -192,6 +205,17 @@ zoo.register(
         ViT, mnist_config(num_classes=3), OPEN_SET_RECIPE, fine_tuned,
         data=open_set_sets, augmentation=DigitAugment(), options={"start": "fashion-vit"},
         depends=("fashion-vit",), minutes=0.5,
+    )
+)  # fmt: skip
+
+
+zoo.register(
+    zoo.Model(
+        "digits-3-8-unknown-shown-clothes",
+        "fashion-vit fine-tuned to 3, 8 and 'unknown', with 2,000 garments among the unknowns",
+        ViT, mnist_config(num_classes=3), OPEN_SET_RECIPE, fine_tuned,
+        data=open_set_with_clothes_sets, augmentation=DigitAugment(),
+        options={"start": "fashion-vit"}, depends=("fashion-vit",), minutes=0.5,
     )
 )  # fmt: skip
 

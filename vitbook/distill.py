@@ -68,14 +68,17 @@ def distillation_loss(
     * ``"hard"``: (1 - alpha) * CE(cls, y) + alpha * CE(dist, argmax teacher)  (DeiT uses alpha = 1/2)
     * ``"none"``: CE(cls, y)
 
-    ``labelled``: a (B,) mask of the images whose label counts; the cross-entropy is taken over
-    those alone (none: 0), the teacher's term over every image. Default: all."""
+    ``labelled``: a (B,) mask of the images whose label counts. The cross-entropy is summed over
+    those and divided by the whole batch, so each labelled image weighs what it would in a fully
+    labelled batch (averaged over the labelled ones alone, one labelled image in a batch of 128
+    would pull as hard as the teacher on all of them); the teacher's term covers every image."""
     if labelled is None:
         ce = F.cross_entropy(cls_logits, labels)
-    elif labelled.any():
-        ce = F.cross_entropy(cls_logits[labelled], labels[labelled])
     else:
-        ce = cls_logits.sum() * 0.0
+        per_image = F.cross_entropy(
+            cls_logits, labels.clamp(max=cls_logits.shape[-1] - 1), reduction="none"
+        )
+        ce = (per_image * labelled).sum() / len(labels)
     if kind == "none":
         return ce
     if kind == "soft":

@@ -1,4 +1,5 @@
 import json
+import re
 
 import matplotlib
 
@@ -169,3 +170,25 @@ def test_group_colors_are_stable_and_distinct():
     colors = viz.group_colors(["3", "8", "3", "unknown"])
     assert list(colors) == ["3", "8", "unknown"] and len(set(colors.values())) == 3
     assert viz.group_colors(["3", "8", "unknown"]) == colors
+
+
+def test_source_on_the_page_keeps_each_lines_indentation_when_it_wraps():
+    from vitbook import model, show
+
+    html = show.source(model.Block)._repr_html_()
+    lines = re.findall(
+        r'<span class="vb-line" style="display:block;padding-left:(\d+)ch;text-indent:-(\d+)ch',
+        html,
+    )
+    code = repr(show.source(model.Block)).split("\n")
+    assert len(lines) == len(code)
+    for (pad, hang), text in zip(lines, code):
+        indent = len(text) - len(text.lstrip(" "))
+        assert int(pad) == int(hang) == indent + 4  # a wrapped line continues 4 deeper than its own
+
+
+def test_zoo_messages_fit_the_column(capsys):
+    from vitbook import zoo
+
+    zoo._print("zoo: " + "a long message about a model " * 10)
+    assert all(len(line) <= 78 for line in capsys.readouterr().out.splitlines())

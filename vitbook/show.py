@@ -16,6 +16,7 @@ class Source:
 
     def __init__(self, code: str):
         self.code = code
+        self.data = code  # as IPython.display.Code names it
 
     def __repr__(self) -> str:
         return self.code

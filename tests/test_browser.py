@@ -265,6 +265,24 @@ def test_attention_explorer_shows_every_head_and_takes_any_query(browser, server
     # one colour scale for every frame
     scale = page.evaluate(f"document.getElementById('{plot_id}').layout.coloraxis.cmax")
     assert scale == page.evaluate(f"document.getElementById('{plot_id}').layout.meta.zmax") > 0
+    # ... or each panel on its own scale, on request; and the class token's weight as a bar
+    box.locator('select[data-role="scale"]').select_option("panel")
+    page.wait_for_timeout(300)
+    own = page.evaluate(
+        f"(() => {{ const gd = document.getElementById('{plot_id}'); return gd.layout.meta.heat_traces.map(i => [gd.data[i].coloraxis || null, gd.data[i].zmax]); }})()"
+    )
+    assert all(c is None and z > 0 for c, z in own) and len({z for _, z in own}) > 1, own
+    bars = page.evaluate(
+        f"(() => {{ const gd = document.getElementById('{plot_id}'); return gd.layout.meta.cls_shapes.map(i => gd.layout.shapes[i].x1); }})()"
+    )
+    titles = page.evaluate(
+        f"(() => {{ const gd = document.getElementById('{plot_id}'); return gd.layout.annotations.slice(1, 1 + gd.layout.meta.heads + 2).map(a => a.text); }})()"
+    )
+    assert all(
+        abs(b - float(t.split("to class token ")[1])) < 0.006 for b, t in zip(bars, titles)
+    ), (bars, titles)
+    box.locator('select[data-role="scale"]').select_option("shared")
+    page.wait_for_timeout(200)
     # the live widget's place holds its still and a note, not controls that cannot redraw
     assert page.locator("div.vitbook-widget-still img").count() == 1
     assert (

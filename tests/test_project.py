@@ -17,7 +17,7 @@ NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 
 def test_every_chapter_is_in_the_table_of_contents():
     toc = (ROOT / "_toc.yml").read_text()
-    assert len(NOTEBOOKS) == 14
+    assert len(NOTEBOOKS) == 15
     for nb in NOTEBOOKS:
         assert f"book/{nb.stem}" in toc, nb.name
 

@@ -27,7 +27,8 @@ def attention_maps(model, x: torch.Tensor) -> torch.Tensor:
 def cls_attention(maps: torch.Tensor, grid: int) -> torch.Tensor:
     """What the class token takes from each patch: (L, B, nh, T, T) -> (L, B, nh, g, g)."""
     L, B, H, T, _ = maps.shape
-    return maps[..., 0, 1:].reshape(L, B, H, grid, grid)
+    prefix = T - grid * grid  # the class token, and any other token before the patches
+    return maps[..., 0, prefix:].reshape(L, B, H, grid, grid)
 
 
 def rollout(maps: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -56,10 +57,10 @@ def logit_lens(model, x: torch.Tensor) -> torch.Tensor:
     with evaluating(model):
         x = x.to(model_device(model))
         tokens = model.pos_drop(model.prepend_cls(model.embed(x)))
-        out = [model.head(model.norm(tokens)[:, 0])]
+        out = [model.head(model.pool(model.norm(tokens)))]
         for block in model.blocks:
             tokens, _ = block(tokens)
-            out.append(model.head(model.norm(tokens)[:, 0]))
+            out.append(model.head(model.pool(model.norm(tokens))))
     return torch.stack(out)
 
 
@@ -75,7 +76,8 @@ def mean_attention_distance(maps: torch.Tensor, grid: int, patch_size: int) -> t
     distance in pixels between a query patch and the patches it attends to, weighted by the
     attention weights, averaged over query patches and images. The class token is left out and
     each row renormalised over the patches. (L, B, nh, T, T) -> (L, nh)."""
-    patch_maps = maps[..., 1:, 1:]  # (L, B, nh, N, N)
+    prefix = maps.shape[-1] - grid * grid  # tokens before the patches: left out
+    patch_maps = maps[..., prefix:, prefix:]  # (L, B, nh, N, N)
     patch_maps = patch_maps / patch_maps.sum(dim=-1, keepdim=True)
     dist = patch_distances(grid, patch_size).to(maps.device, maps.dtype)  # (N, N)
     per_query = (patch_maps * dist).sum(dim=-1)  # (L, B, nh, N)

@@ -184,7 +184,7 @@ def preset(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**fields)
 
 
-def check_images(x, cfg: ViTConfig, dtype: torch.dtype) -> torch.Tensor:
+def check_images(x, cfg: ViTConfig, dtype: torch.dtype, any_size: bool = False) -> torch.Tensor:
     """``x`` as a model of configuration ``cfg`` and weights of ``dtype`` takes it, or a
     ValueError/TypeError that says what was expected and what to pass (`ViT.check_input`).
 
@@ -192,7 +192,9 @@ def check_images(x, cfg: ViTConfig, dtype: torch.dtype) -> torch.Tensor:
     batch is cast to ``dtype``, the dtype of the model's weights (float32 unless the model was cast):
     float32 input to a float32 model passes untouched. A uint8 batch is read as 8-bit pixels
     and scaled to [0, 1] by ``x.float() / 255``, as `vitbook.data.ImageDataset` does. Other
-    dtypes (bool, int64, ...) and non-tensors (numpy arrays, lists) are refused."""
+    dtypes (bool, int64, ...) and non-tensors (numpy arrays, lists) are refused. With
+    ``any_size``, square images of any multiple of the patch size pass (DINO's small crops;
+    the model interpolates its position embeddings to their grid)."""
     want = f"(B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})"
     if not torch.is_tensor(x):
         raise TypeError(
@@ -226,7 +228,13 @@ def check_images(x, cfg: ViTConfig, dtype: torch.dtype) -> torch.Tensor:
             f"Convert the images (e.g. torchvision.transforms.Grayscale) or build the model "
             f"with in_channels={x.shape[1]}."
         )
-    if tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
+    if any_size:
+        if x.shape[2] != x.shape[3] or x.shape[2] % cfg.patch_size:
+            raise ValueError(
+                f"expected square images whose side is a multiple of the patch size "
+                f"{cfg.patch_size}, got {x.shape[2]}x{x.shape[3]}; crop or resize them to such a size"
+            )
+    elif tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
         raise ValueError(
             f"expected {cfg.image_size}x{cfg.image_size} images {want}, got "
             f"{x.shape[2]}x{x.shape[3]}. Resize them (torchvision.transforms.Resize({cfg.image_size})) "

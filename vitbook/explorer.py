@@ -170,6 +170,17 @@ def attention_explorer_figure(
             row=r + 1,
             col=c + 1,
         )
+    # The class token has no place on the patch grid: a bar under each panel shows its weight,
+    # 0 to 1 across the panel's width (the page's script moves it with the query).
+    cls_shapes = []
+    for i in range(1, panels):
+        k = i + 1
+        ref = dict(xref=f"x{k} domain", yref=f"y{k} domain")
+        fig.add_shape(type="rect", x0=0, x1=1, y0=-0.09, y1=-0.03, fillcolor="#e6e6e6",
+                      line_width=0, layer="below", **ref)  # fmt: skip
+        fig.add_shape(type="rect", x0=0, x1=float(first_rows[i - 1][:prefix].sum()), y0=-0.09,
+                      y1=-0.03, fillcolor="#1f77b4", line_width=0, **ref)  # fmt: skip
+        cls_shapes.append(len(fig.layout.shapes) - 1)
     fig.update_annotations(font_size=11)
     fig.update_layout(
         height=185 * rows + 80, plot_bgcolor="white", margin=dict(l=5, r=5, t=80, b=5), showlegend=False,
@@ -184,6 +195,7 @@ def attention_explorer_figure(
         "patch": patch_size, "zmax": zmax, "labels": [str(v) for v in (labels or range(B))],
         "attn": attn.flatten().tolist(), "rollout": roll.flatten().tolist(), "digits": digits,
         "digit_traces": digit_traces, "heat_traces": heat_traces, "marker_traces": marker_traces,
+        "cls_shapes": cls_shapes,
     }  # fmt: skip
     return fig
 
@@ -210,6 +222,13 @@ _EXPLORER_JS = """
       var z = []; for (var i = 0; i < g; i++) { z.push(r.slice(P + i * g, P + (i + 1) * g)); } return z;
     });
     window.Plotly.restyle(gd, {z: zs}, M.heat_traces);
+    if (pick("scale").value === "panel") {  // each panel on its own scale, 0 to its own largest weight
+      window.Plotly.restyle(gd, {coloraxis: zs.map(function() { return null; }), colorscale: "Inferno", showscale: false,
+        zmin: zs.map(function() { return 0; }),
+        zmax: zs.map(function(z) { return Math.max(1e-3, Math.max.apply(null, [].concat.apply([], z))); })}, M.heat_traces);
+    } else {
+      window.Plotly.restyle(gd, {coloraxis: zs.map(function() { return "coloraxis"; })}, M.heat_traces);
+    }
     window.Plotly.restyle(gd, {z: M.digit_traces.map(function() { return M.digits[b]; })}, M.digit_traces);
     var half = (M.patch - 1) / 2, mx = [null], my = [null];
     if (q >= P) { mx = [((q - P) %% g) * M.patch + half]; my = [Math.floor((q - P) / g) * M.patch + half]; }
@@ -220,6 +239,7 @@ _EXPLORER_JS = """
       var name = h < H ? "head " + h : (h === H ? "mean of heads" : "rollout (all layers)");
       var toPrefix = 0; for (var t = 0; t < P; t++) { toPrefix += rows[h][t]; }
       titles["annotations[" + (h + 1) + "].text"] = name + "<br>to class token " + toPrefix.toFixed(2);
+      titles["shapes[" + M.cls_shapes[h] + "].x1"] = toPrefix;
     }
     window.Plotly.relayout(gd, titles);
     box.setAttribute("data-state", b + "-" + l + "-" + q);
@@ -259,7 +279,8 @@ def attention_explorer_html(fig) -> str:
 <label>image <select data-role="image">{img_opts}</select></label>
 <label style="margin-left:1em">layer <select data-role="layer">{layer_opts}</select></label>
 <label style="margin-left:1em">query <select data-role="query">{query_opts}</select></label>
-<span style="margin-left:1em;color:#555">one colour scale for every frame: 0 to {M["zmax"]:.2f}</span>
+<label style="margin-left:1em">scale <select data-role="scale"><option value="shared">shared: 0 to {M["zmax"]:.2f}</option><option value="panel">per panel</option></select></label>
+<div style="color:#555;margin-top:0.2em">the blue bar under a panel: the weight that goes to the class token (0 to 1)</div>
 </div>"""
     script = '<script type="text/javascript">' + _EXPLORER_JS % {"id": div_id} + "</script>"
     return controls + plotly_html(fig, div_id=div_id) + script

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .model import FAMILIES, CheckpointMismatchError, ViT, ViTConfig, load_checked
+from .model import FAMILIES, CheckpointMismatchError, ViT, ViTConfig, load_checked, resize_pos_grid
 
 # Standard head counts by width (the paper's Table 1 and DeiT's Ti/S).
 HEADS_BY_DIM = {f["dim"]: f["heads"] for f in FAMILIES.values()}
@@ -319,20 +318,8 @@ def resize_pos_embed(
 ) -> torch.Tensor:
     """Interpolate a learned position embedding (1, prefix + g*g, D) to a new grid size with
     bicubic interpolation, as the paper does for fine-tuning at a higher resolution (section 3.2).
-    The class token's embedding is kept as it is."""
-    prefix, grid_tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    old_grid = math.isqrt(grid_tokens.shape[1])
-    if old_grid * old_grid != grid_tokens.shape[1]:
-        raise ValueError(
-            f"expected a square grid of position embeddings, got {grid_tokens.shape[1]} tokens"
-        )
-    if old_grid == new_grid:
-        return pos_embed.clone()
-    D = pos_embed.shape[-1]
-    grid = grid_tokens.reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
-    grid = F.interpolate(grid.float(), size=(new_grid,) * 2, mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid**2, D).to(pos_embed.dtype)  # (1, g'*g', D)
-    return torch.cat([prefix, grid], dim=1)
+    The class token's embedding is kept as it is (`vitbook.model.resize_pos_grid`)."""
+    return resize_pos_grid(pos_embed, new_grid, num_prefix_tokens).clone()
 
 
 def resize_model(model: ViT, image_size: int) -> ViT:

@@ -83,6 +83,25 @@ def sincos_pos_embed(dim: int, grid_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()  # (N, D)
 
 
+def resize_pos_grid(pos: torch.Tensor, new_grid: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """A learned position embedding (1, prefix + g*g, D) interpolated to a ``new_grid`` x
+    ``new_grid`` grid with bicubic interpolation, as the paper does for fine-tuning at a higher
+    resolution (section 3.2); the prefix tokens' embeddings are kept as they are."""
+    prefix, grid_tokens = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
+    old_grid = math.isqrt(grid_tokens.shape[1])
+    if old_grid * old_grid != grid_tokens.shape[1]:
+        raise ValueError(
+            f"expected a square grid of position embeddings, got {grid_tokens.shape[1]} tokens"
+        )
+    if old_grid == new_grid:
+        return pos
+    D = pos.shape[-1]
+    grid = grid_tokens.reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+    grid = F.interpolate(grid.float(), size=(new_grid,) * 2, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid**2, D).to(pos.dtype)  # (1, g'*g', D)
+    return torch.cat([prefix, grid], dim=1)
+
+
 class PatchEmbed(nn.Module):
     """Split the image into P x P patches and map each linearly to D channels (the "E" of eq. 1).
 
@@ -256,22 +275,59 @@ class ViT(nn.Module):
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor, any_size: bool = False) -> torch.Tensor:
         """``x`` as the patch embedding takes it, or a ValueError/TypeError that says what was
         expected and what to pass (`vitbook.config.check_images`): a tensor (B, C, H, W) of the
-        model's channels and size; uint8 pixels are scaled to [0, 1], float pixels cast to the
-        dtype of the model's weights; other dtypes and non-tensors are refused."""
+        model's channels and size (any multiple of the patch size with ``any_size``); uint8
+        pixels are scaled to [0, 1], float pixels cast to the dtype of the model's weights;
+        other dtypes and non-tensors are refused."""
         weight = next(self.patch_embed.parameters(), None)
         dtype = weight.dtype if weight is not None else torch.get_default_dtype()
-        return check_images(x, self.cfg, dtype)
+        return check_images(x, self.cfg, dtype, any_size)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. (1) without the class token: image -> patch tokens plus their positions, (B, N, D)."""
-        x = self.check_input(x)
+    def positions(self, grid: int) -> torch.Tensor | None:
+        """The position embeddings (1, prefix + grid*grid, D) for a ``grid`` x ``grid`` patch
+        grid: the model's own at its training size, interpolated (learned) or recomputed
+        (sin-cos) for another; None without position embeddings."""
+        if self.pos_embed is None or grid == self.cfg.grid_size:
+            return self.pos_embed
+        if self.cfg.pos_embed == "learned":
+            return resize_pos_grid(self.pos_embed, grid, self.num_prefix_tokens)
+        prefix = self.pos_embed[:, : self.num_prefix_tokens]  # sin-cos: zeros for the prefix
+        table = sincos_pos_embed(self.cfg.dim, grid).to(prefix)[None]
+        return torch.cat([prefix, table], dim=1)
+
+    def embed(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        any_size: bool = False,
+    ) -> torch.Tensor:
+        """Eq. (1) without the class token: image -> patch tokens plus their positions, (B, N, D).
+
+        ``mask`` (B, N), 1 where a patch is hidden, replaces those patches' embeddings by
+        ``mask_token`` (1, 1, D) before the positions are added, so the encoder still sees every
+        position (SimMIM; MAE drops the hidden tokens instead). ``any_size`` takes square images
+        of another multiple of the patch size, with the positions interpolated to their grid
+        (DINO's small crops; `positions`)."""
+        x = self.check_input(x, any_size)
+        grid = x.shape[-1] // self.cfg.patch_size
         x = self.patch_embed(x)  # (B, N, D)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed[:, self.num_prefix_tokens :]
+        if mask is not None:
+            if mask_token is None:
+                raise ValueError("embed(mask=...) needs the mask_token (1, 1, D) to put there")
+            w = mask.to(x.dtype)[..., None]  # (B, N, 1): 1 = hidden
+            x = x * (1 - w) + mask_token.to(x.dtype) * w
+        pos = self.positions(grid)
+        if pos is not None:
+            x = x + pos[:, self.num_prefix_tokens :]
         return x
+
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of a sequence (B, T, D) -> (B, N, D): whatever follows the prefix
+        tokens (the class token, and DeiT's distillation token where there is one)."""
+        return tokens[:, self.num_prefix_tokens :]
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
         """Put the learnable class token (with its position) in front: (B, n, D) -> (B, n+1, D);
@@ -292,19 +348,19 @@ class ViT(nn.Module):
             maps.append(attn)
         return self.norm(x), maps
 
-    def forward_features(self, x: torch.Tensor, return_attn: bool = False):
+    def forward_features(self, x: torch.Tensor, return_attn: bool = False, any_size: bool = False):
         """All tokens after the final LayerNorm, (B, T, D), and the attention maps if asked."""
-        return self.encode(self.prepend_cls(self.embed(x)), return_attn)
+        return self.encode(self.prepend_cls(self.embed(x, any_size=any_size)), return_attn)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image representation the head sees: the class token, or the mean patch token."""
         if self.cfg.pool == "cls":
             return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        return self.patch_tokens(tokens).mean(dim=1)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, any_size: bool = False) -> torch.Tensor:
         """The pooled representation (B, D): what a linear probe or a UMAP plot looks at."""
-        return self.pool(self.forward_features(x)[0])
+        return self.pool(self.forward_features(x, any_size=any_size)[0])
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         tokens, maps = self.forward_features(x, return_attn)

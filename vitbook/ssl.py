@@ -85,8 +85,9 @@ class MAE(nn.Module):
         )
         self.decoder_embed = nn.Linear(cfg.dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        pos = torch.cat([torch.zeros(1, decoder_dim), sincos_pos_embed(decoder_dim, cfg.grid_size)])
-        self.register_buffer("decoder_pos_embed", pos[None], persistent=False)  # (1, N+1, Dd)
+        prefix = torch.zeros(encoder.num_prefix_tokens, decoder_dim)
+        pos = torch.cat([prefix, sincos_pos_embed(decoder_dim, cfg.grid_size)])
+        self.register_buffer("decoder_pos_embed", pos[None], persistent=False)  # (1, p+N, Dd)
         self.decoder_blocks = nn.ModuleList([Block(dec) for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=cfg.norm_eps)
         self.decoder_pred = nn.Linear(decoder_dim, cfg.patch_size**2 * cfg.in_channels)
@@ -103,16 +104,17 @@ class MAE(nn.Module):
         return latent, mask, ids_restore
 
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        x = self.decoder_embed(latent)  # (B, 1+n_keep, Dd)
+        p = self.encoder.num_prefix_tokens  # the class token (and any other prefix) comes first
+        x = self.decoder_embed(latent)  # (B, p+n_keep, Dd)
         B, n1, Dd = x.shape
         N = ids_restore.shape[1]
-        masks = self.mask_token.expand(B, N + 1 - n1, Dd)  # one mask token per hidden patch
-        seq = torch.cat([x[:, 1:], masks], dim=1)  # (B, N, Dd), shuffled order
+        masks = self.mask_token.expand(B, N + p - n1, Dd)  # one mask token per hidden patch
+        seq = torch.cat([x[:, p:], masks], dim=1)  # (B, N, Dd), shuffled order
         seq = torch.gather(seq, 1, ids_restore[..., None].expand(-1, -1, Dd))  # patch order
-        x = torch.cat([x[:, :1], seq], dim=1) + self.decoder_pos_embed  # (B, N+1, Dd)
+        x = torch.cat([x[:, :p], seq], dim=1) + self.decoder_pos_embed  # (B, p+N, Dd)
         for block in self.decoder_blocks:
             x, _ = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # (B, N, P*P*C)
+        return self.decoder_pred(self.decoder_norm(x))[:, p:]  # (B, N, P*P*C)
 
     def targets(self, imgs: torch.Tensor) -> torch.Tensor:
         target = patchify(imgs, self.encoder.cfg.patch_size)  # (B, N, C*P*P)
@@ -305,10 +307,11 @@ class IJEPA(nn.Module):
         ctx_idx, tgt_idxs = ctx_idx.to(imgs.device), [t.to(imgs.device) for t in tgt_idxs]
         with torch.no_grad():
             h, _ = self.target_encoder.forward_features(imgs)  # (B, 1+N, D)
-            h = F.layer_norm(h[:, 1:], (h.shape[-1],))  # patch embeddings, normalised
+            h = self.target_encoder.patch_tokens(h)  # the patch tokens, (B, N, D)
+            h = F.layer_norm(h, (h.shape[-1],))  # normalised
         tokens = gather_tokens(self.encoder.embed(imgs), ctx_idx)  # (B, n_ctx, D)
         z, _ = self.encoder.encode(self.encoder.prepend_cls(tokens))
-        z = z[:, 1:]  # context embeddings, (B, n_ctx, D)
+        z = self.encoder.patch_tokens(z)  # context embeddings, (B, n_ctx, D)
         # All target blocks in one predictor call: the context repeated once per block, (K*B, ...)
         K = len(tgt_idxs)
         tgt = torch.cat(tgt_idxs)  # (K*B, n_tgt)
@@ -368,7 +371,7 @@ def token_spread(encoder: ViT, x: torch.Tensor) -> float:
     between tokens, so an encoder that ignores the image still scores well on it."""
     with torch.no_grad():
         h, _ = encoder.forward_features(x.to(model_device(encoder)))
-    return h[:, 1:].flatten(0, 1).std(dim=0).mean().item()
+    return encoder.patch_tokens(h).flatten(0, 1).std(dim=0).mean().item()
 
 
 def image_blind(encoder: ViT) -> ViT:

@@ -371,3 +371,34 @@ def plot_position_similarity(
     fig.suptitle(title)
     fig.colorbar(im, ax=axes, fraction=0.03, label="cosine similarity")
     return fig
+
+
+# The self-supervision chapters' table: its measures, and the figure of it
+ENCODER_COLUMNS = {
+    "probe_0.01": "probe, 1% labels", "knn_0.01": "10-NN, 1% labels", "finetune_0.01": "fine-tune, 1% labels",
+    "probe_0.1": "probe, 10% labels", "knn_0.1": "10-NN, 10% labels", "finetune_0.1": "fine-tune, 10% labels",
+}  # fmt: skip
+
+
+def plot_encoder_table(table: dict, title: str = "one protocol, encoders of the same size"):
+    """The self-supervision table as bars: a group per measure, a bar per encoder (a value an
+    encoder lacks, such as the supervised reference's fine-tune, is left out)."""
+    cols = [c for c in ENCODER_COLUMNS if any(c in row for row in table.values())]
+    fig, ax = plt.subplots(figsize=(6.8, 3.9))
+    n, x = len(table), np.arange(len(cols))
+    for i, (enc, row) in enumerate(table.items()):
+        ax.bar(
+            x + (i - (n - 1) / 2) * 0.8 / n,
+            [100 * row.get(c, np.nan) for c in cols],
+            0.8 / n,
+            label=enc,
+        )
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([ENCODER_COLUMNS[c].replace(", ", "\n") for c in cols], fontsize=9)
+    low = min(100 * r[c] for r in table.values() for c in cols if c in r)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False, fontsize=9)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

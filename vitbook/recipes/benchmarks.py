@@ -80,14 +80,16 @@ def select_finetune_lr(fractions=(0.01, 0.1), val_size: int = 10000) -> dict:
     other 10,000: returns the validation accuracies and the rate with the best mean."""
     from .. import zoo
     from ..loops import pick_device
-    from .selfsup import evaluate_encoder
+    from .ssl_table import evaluate_encoder
 
     device = pick_device()
     split = data.train_val_split(data.mnist("train"), val_size, seed=SEED)
     encoders = {
         "random init": zoo.untrained("mnist-vit-p4").to(device),
         "MAE": zoo.get("mnist-mae", device=device).encoder,
+        "SimMIM": zoo.get("mnist-simmim", device=device).encoder,
         "I-JEPA": zoo.get("mnist-ijepa", device=device).encoder,
+        "DINO": zoo.get("mnist-dino", device=device).teacher_encoder,
     }
     table, chosen = {}, {}
     for name, enc in encoders.items():

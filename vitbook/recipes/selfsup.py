@@ -1,5 +1,6 @@
 """Self-supervision (chapters 10 and 11): MAE and I-JEPA pretraining on MNIST's images without
-their labels, a supervised reference, and the protocol that compares the encoders.
+their labels, and a supervised reference (the protocol that compares the encoders is
+`vitbook.recipes.ssl_table`).
 
 The encoders have 4x4 patches, a 7x7 grid, so that masking 75% still leaves a dozen patches and
 I-JEPA's blocks have room."""
@@ -11,13 +12,9 @@ from dataclasses import replace
 import torch
 
 from .. import data, zoo
-from ..loops import pick_device
-from ..metrics import extract_features
 from ..model import ViT, ViTConfig
 from ..ssl import IJEPA, MAE, collapse_stats, ijepa_loss_fn, mae_loss_fn
-from ..train import Recipe, evaluate, fit
-from ..transfer import finetune_from_probe, label_budget, probe_head
-from ..transforms import DigitAugment
+from ..train import Recipe, fit
 from .classifiers import SEED, classifier, mnist_config
 
 
@@ -128,84 +125,3 @@ zoo.register(
         data=unlabelled_mnist, arch=IJEPA_ARCH, minutes=2,
     )
 )  # fmt: skip
-
-# The few-label fine-tuning recipe of the self-supervision chapters: 300 steps of 64 images
-# (32 passes over 1% of MNIST, 3 over 10%), from the probe's head, with the digit augmentation.
-SSL_FINETUNE = dict(steps=300, warmup_epochs=1.0, batch_size=64)
-# Each encoder's own fine-tuning learning rate, chosen on a validation split of the training
-# images (never the test set) from 3e-4, 1e-3 and 3e-3: `python -m vitbook.bench --only
-# finetune-lr` (the benchmarks appendix has the run). A from-scratch encoder needs a larger rate
-# than a pretrained one in the same number of steps; one rate for all would favour one side.
-SSL_FINETUNE_LR = {"random init": 1e-3, "MAE": 1e-3, "I-JEPA": 1e-3}
-
-
-def evaluate_encoder(
-    encoder: ViT,
-    fractions=(0.01, 0.1),
-    seed: int = 0,
-    lr: float | None = 1e-3,
-    train_set=None,
-    test_set=None,
-) -> dict:
-    """The self-supervision chapters' protocol, identical for every encoder. For each fraction
-    of the training labels (a class-balanced subset drawn with ``seed``):
-
-    * ``probe_<f>``: a linear probe (logistic regression on frozen pooled features) trained on
-      those labelled images;
-    * ``finetune_<f>``: LP-FT on the same images: the probe's head, then every weight trained
-      for ``SSL_FINETUNE["steps"]`` steps (`vitbook.transfer.finetune_from_probe`).
-
-    The labelled images come from MNIST's training set (or ``train_set``), the accuracies are on
-    the 10,000 MNIST test digits (or ``test_set``): the learning-rate selection passes a split
-    of the training set for both. ``lr=None`` gives the probes alone."""
-    train_set = data.mnist("train") if train_set is None else train_set
-    test_set = data.mnist("test") if test_set is None else test_set
-    fte, yte = extract_features(encoder, test_set)
-    out = {}
-    for frac in fractions:
-        subset = label_budget(train_set, frac, seed)
-        head = probe_head(encoder, subset)
-        with torch.no_grad():
-            out[f"probe_{frac:g}"] = (head(fte).argmax(1) == yte).float().mean().item()
-        if lr is not None:
-            tuned = finetune_from_probe(
-                encoder, subset, seed=seed, head=head, augmentation=DigitAugment(), lr=lr,
-                **SSL_FINETUNE,
-            )  # fmt: skip
-            out[f"finetune_{frac:g}"] = evaluate(tuned, test_set)["accuracy"]
-    return out
-
-
-def evaluate_ssl_encoders(entry: zoo.Result) -> dict:
-    """The chapters' table: the same protocol (`evaluate_encoder`) for a random-init encoder,
-    the supervised reference, MAE's and I-JEPA's encoders."""
-    device = pick_device()
-    encoders = {
-        "random init": zoo.untrained("mnist-vit-p4").to(device),
-        "supervised (all labels)": zoo.get("mnist-vit-p4", device=device),
-        "MAE": zoo.get("mnist-mae", device=device).encoder,
-        "I-JEPA": zoo.get("mnist-ijepa", device=device).encoder,
-    }
-    # The supervised encoder is a reference for the probe; fine-tuning it again would only
-    # cost time (it has seen every label already).
-    return {
-        "table": {
-            name: evaluate_encoder(
-                enc, entry.options["fractions"], entry.seed, entry.options["lr"].get(name)
-            )
-            for name, enc in encoders.items()
-        }
-    }
-
-
-zoo.register(
-    zoo.Result(
-        "ssl-eval",
-        "linear probe and 1%/10%-label fine-tuning of four encoders",
-        evaluate_ssl_encoders,
-        seed=SEED,
-        options={"fractions": (0.01, 0.1), "finetune": SSL_FINETUNE, "lr": SSL_FINETUNE_LR},
-        depends=("mnist-vit-p4", "mnist-mae", "mnist-ijepa"),
-        minutes=3,
-    )
-)

@@ -67,7 +67,7 @@ def test_cls_attention_is_the_class_rows_patch_part(maps):
 
 
 def test_position_similarity_has_ones_on_the_diagonal_and_detects_layout():
-    from vitbook.model import sincos_pos_embed
+    from vitbook.patches import sincos_pos_embed
 
     table = torch.cat([torch.zeros(1, 32), sincos_pos_embed(32, 4)])[None]
     sim = attention.position_similarity(table, 4)

@@ -684,7 +684,7 @@ def test_the_zoo_key_follows_a_changed_helper_and_ignores_comments_and_unrelated
         ("fashion-vit", "train", "evaluate"),
         ("vit-mixed-digits", "recipes.synthetic_digits", "mixed_sets"),
         ("student-soft", "distill", "student_loss_fn"),
-        ("ssl-eval", "recipes.selfsup", "evaluate_encoder"),
+        ("ssl-eval", "recipes.ssl_table", "evaluate_encoder"),
         ("mnist-ijepa", "ema", "blend_"),
     ],
 )

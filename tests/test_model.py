@@ -9,12 +9,10 @@ from vitbook.model import (
     PatchEmbed,
     ViT,
     count_params,
-    patchify,
     preset,
-    sincos_pos_embed,
-    unpatchify,
     with_config,
 )
+from vitbook.patches import patchify, sincos_pos_embed, unpatchify
 
 
 def test_conv_and_linear_patch_embedding_agree():

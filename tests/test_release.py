@@ -73,7 +73,7 @@ def test_a_published_model_is_downloaded_verified_and_not_trained(
     model = zoo.get("tiny-release")
     assert len(calls) == 1, "the reader's zoo downloaded it instead of training"
     assert torch.equal(model.head.bias, torch.ones(10))
-    assert "downloaded from http://127.0.0.1" in capsys.readouterr().out
+    assert "downloaded from\n  http://127.0.0.1" in capsys.readouterr().out
     assert any(p.endswith(e.path().name) for p in asked)
     manifest = json.loads((served / "zoo" / "manifest.json").read_text())
     assert manifest["models"][0]["key"] == e.key() and len(manifest["models"][0]["sha256"]) == 64

@@ -8,7 +8,8 @@ from conftest import tiny_config
 
 from vitbook import attention, dino, simmim
 from vitbook.distill import DistilledViT
-from vitbook.model import ViT, patchify, resize_pos_grid
+from vitbook.model import ViT
+from vitbook.patches import patchify, resize_pos_grid
 
 
 def test_embed_puts_the_mask_token_at_hidden_patches_and_keeps_the_rest():

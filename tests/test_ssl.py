@@ -5,7 +5,8 @@ import torch
 from conftest import tiny_config
 
 from vitbook import ssl
-from vitbook.model import ViT, patchify
+from vitbook.model import ViT
+from vitbook.patches import patchify
 
 
 def encoder(**kw):

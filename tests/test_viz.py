@@ -66,11 +66,18 @@ def test_explorer_refuses_maps_that_do_not_match(explorer_inputs):
         explorer.attention_explorer_figure(x[:2], maps, roll, 7)
 
 
-def test_explorer_html_has_image_layer_and_query_controls_and_no_plotly_library(explorer_inputs):
+def test_explorer_html_has_image_layer_query_and_scale_controls_and_no_plotly_library(
+    explorer_inputs,
+):
     x, maps, roll = explorer_inputs
-    html = explorer.attention_explorer_html(explorer.attention_explorer_figure(x, maps, roll, 7))
-    assert html.count("<select") == 3 and 'data-role="query"' in html and "plotly_click" in html
-    assert html.count("<option") == 3 + 3 + 17  # images, layers, every token as a query
+    fig = explorer.attention_explorer_figure(x, maps, roll, 7)
+    html = explorer.attention_explorer_html(fig)
+    assert html.count("<select") == 4 and 'data-role="query"' in html and "plotly_click" in html
+    assert (
+        'data-role="scale"' in html and 'value="panel"' in html
+    )  # shared or per-panel colour scale
+    assert html.count("<option") == 3 + 3 + 17 + 2  # images, layers, every token as a query, scales
+    assert len(fig.layout.meta["cls_shapes"]) == 4 + 2  # a class-token bar under every heat panel
     assert len(html) < 400_000  # the page's own plotly.js draws it: no 4.8 MB copy inline
 
 

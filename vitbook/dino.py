@@ -150,10 +150,12 @@ class DINO(nn.Module):
                     batch_center, alpha=1 - self.center_momentum
                 )
             probs = torch.cat(t)
-            self.last_stats = {
+            self.last_stats = {  # tensors: reading them waits for a GPU, so only a reader pays
                 "teacher_entropy": -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(),
-                "teacher_top_share": probs.argmax(-1).bincount(minlength=probs.shape[1]).max()
-                / len(probs),
+                "teacher_top_share": F.one_hot(probs.argmax(-1), probs.shape[1])
+                .float()
+                .mean(0)
+                .max(),
             }
         return loss / pairs
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from .model import FAMILIES, CheckpointMismatchError, ViT, ViTConfig, load_checked, resize_pos_grid
+from .model import FAMILIES, CheckpointMismatchError, ViT, ViTConfig, load_checked
+from .patches import resize_pos_grid
 
 # Standard head counts by width (the paper's Table 1 and DeiT's Ti/S).
 HEADS_BY_DIM = {f["dim"]: f["heads"] for f in FAMILIES.values()}

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from .loops import evaluating, model_device
-from .model import ViT, patchify, unpatchify
+from .model import ViT
+from .patches import patchify, unpatchify
 
 
 def random_patch_mask(batch: int, patches: int, ratio: float, device=None) -> torch.Tensor:

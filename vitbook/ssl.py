@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .ema import blend_
 from .loops import evaluating, model_device
-from .model import Block, ViT, ViTConfig, patchify, sincos_pos_embed, unpatchify
+from .model import Block, ViT, ViTConfig
+from .patches import patchify, sincos_pos_embed, unpatchify
 
 # ---------------------------------------------------------------------------------------------
 # MAE

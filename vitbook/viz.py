@@ -15,21 +15,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .model import patchify
+from .patches import patchify
 
 CMAP_ATTN = "inferno"
-GROUP_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+GROUP_PALETTE = (  # matplotlib's tab10
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 
 
 def group_colors(groups) -> dict:

@@ -21,13 +21,31 @@ def test_check_passes_records_and_returns_margin(tmp_path, monkeypatch):
     assert rec["chapter"] == "99_test" and rec["passed"] and rec["value"] == 0.3
 
 
-def test_check_fails_on_a_value_past_its_threshold_and_still_records_it(tmp_path, monkeypatch):
-    log = tmp_path / "run.jsonl"
-    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+def test_check_fails_at_once_on_a_value_past_its_threshold():
     c = claims.Claims("99_test")
     with pytest.raises(AssertionError, match="does not hold"):
         c.check("gap", 0.05, above=0.1, below=0.5)
-    assert json.loads(log.read_text())["passed"] is False
+
+
+def test_a_recording_run_checks_every_finding_and_the_summary_raises_for_all(tmp_path, monkeypatch):
+    log = tmp_path / "run.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    c = claims.Claims("99_test")
+    c.check("gap", 0.05, above=0.1, below=0.5)  # recorded, not raised: the next one still runs
+    c.check("gain", 0.3, above=0.1)
+    c.check("control", 0.4, below=0.2)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["passed"] for r in records] == [False, True, False]
+    with pytest.raises(AssertionError, match="2 of 3 findings do not hold") as err:
+        c.summary()
+    assert "'gap'" in str(err.value) and "'control'" in str(err.value)
+
+
+def test_a_recording_run_whose_findings_hold_passes_its_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / "run.jsonl"))
+    c = claims.Claims("99_test")
+    c.check("gain", 0.3, above=0.1)
+    c.summary()
 
 
 def test_check_with_both_bounds_takes_the_smaller_margin():
@@ -105,3 +123,17 @@ def test_table_shows_both_thresholds_when_a_check_changed_between_runs(tmp_path,
         claims.Claims("04").check("accuracy", 0.987, above=threshold)
     text = claims.table(claims.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]))
     assert "> 0.975 / > 0.98" in text
+
+
+def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch):
+    log = tmp_path / "a.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    claims.Claims("06").check("dropped later", 0.5, above=0.3)
+    claims.Claims("06").check("kept", 0.4, above=0.3)
+    claims.Claims("07").check("other chapter", 0.9, above=0.3)
+    claims.Claims("06").check("kept", 0.45, above=0.3)  # chapter 6 again: its new block wins
+    runs = claims.load_runs([str(log)])
+    assert [(r["chapter"], r["name"], r["value"]) for r in runs["a"]] == [
+        ("07", "other chapter", 0.9), ("06", "kept", 0.45)
+    ]
+    assert "dropped later" not in claims.table(runs)

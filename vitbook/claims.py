@@ -30,11 +30,17 @@ def cpu_kernels() -> str:
 
 class Claims:
     """The findings of one chapter: ``claims = Claims("10_mae")``, then ``claims.check(...)``
-    once per finding. ``claims.summary()`` prints the margins at the end of the cell."""
+    once per finding. ``claims.summary()`` ends the cell.
+
+    A finding that does not hold raises at once, except in a recording run (``$VITBOOK_CLAIMS``
+    set, as in ``make claims``): there every finding of the cell is checked and recorded, so that
+    one failure does not hide the values of the rest from the sweep, and ``summary()`` raises for
+    all the failures together."""
 
     def __init__(self, chapter: str):
         self.chapter = chapter
         self.results: list[dict] = []
+        self.failures: list[str] = []
 
     def check(
         self,
@@ -77,13 +83,22 @@ class Claims:
         mark = "ok  " if passed else "FAIL"
         print(f"{mark} {name}: {value:.4g} (needs {rule}; margin {margin:+.4g})")
         if not passed:
-            raise AssertionError(
+            self.failures.append(
                 f"{self.chapter}: finding {name!r} does not hold: {value:.4g}, needs {rule}"
                 + (f" ({why})" if why else "")
             )
+            if not _recording():
+                raise AssertionError(self.failures[-1])
         return margin
 
     def summary(self) -> None:
+        """Print how many findings held; raise if any did not (in a recording run, where
+        :meth:`check` records a failure and goes on, this is where it is reported)."""
+        if self.failures:
+            raise AssertionError(
+                f"{len(self.failures)} of {len(self.results)} findings do not hold:\n"
+                + "\n".join(self.failures)
+            )
         print(
             f"{len(self.results)} findings checked (seed {seed()}, CPU kernels {cpu_kernels()}); "
             "all hold"
@@ -96,6 +111,11 @@ def _rule(above: float | None, below: float | None) -> str:
     if below is not None:
         parts.append(f"< {below:.4g}")
     return " and ".join(parts)
+
+
+def _recording() -> bool:
+    """True in a run that records its findings (``$VITBOOK_CLAIMS`` names a file)."""
+    return bool(os.environ.get("VITBOOK_CLAIMS", "").strip())
 
 
 def _append(record: dict) -> None:
@@ -142,8 +162,21 @@ def load_runs(paths: list[str]) -> dict[str, list[dict]]:
                     f"run (`make claims CLAIMS_RUNS=...`) instead of editing its values"
                 )
             records.append(r)
-        runs[p.stem] = records
+        runs[p.stem] = _last_run_of_each_chapter(records)
     return runs
+
+
+def _last_run_of_each_chapter(records: list[dict]) -> list[dict]:
+    """A chapter run again in the same run (``CLAIMS_FRESH=0``) appends a new block of records:
+    keep only its last block, so a finding the chapter no longer checks leaves the table."""
+    blocks: list[list[dict]] = []
+    for r in records:
+        if blocks and blocks[-1][0]["chapter"] == r["chapter"]:
+            blocks[-1].append(r)
+        else:
+            blocks.append([r])
+    last = {block[0]["chapter"]: i for i, block in enumerate(blocks)}
+    return [r for i, block in enumerate(blocks) if last[block[0]["chapter"]] == i for r in block]
 
 
 def table(runs: dict[str, list[dict]]) -> str:
@@ -158,7 +191,7 @@ def table(runs: dict[str, list[dict]]) -> str:
             if key not in values:
                 order.append(key)
                 values[key] = {}
-            values[key][run] = r  # a re-run of a chapter keeps its last value
+            values[key][run] = r
     names = list(runs)
     head = "| chapter | finding | " + " | ".join(names) + " | threshold | smallest margin |"
     lines = [head, "|" + "---|" * (len(names) + 4)]

@@ -34,6 +34,12 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_notebook_reaches_into_the_zoo_registry(path):
+    # zoo.untrained(name), zoo.entry(name) and zoo.register are the public ways in
+    assert "REGISTRY" not in path.read_text(), f"{path.name} uses zoo.REGISTRY"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_checks(path):
     cells = json.loads(path.read_text())["cells"]
     intro = "".join(cells[0]["source"])

@@ -139,3 +139,14 @@ def test_the_declaration_is_the_key_every_field_counts(tiny_entry):
         dict(options={"teacher": "x"}),
     ):
         assert dataclasses.replace(entry, **change).key() != base, change
+
+
+def test_entry_is_the_declaration_a_variant_is_replaced_from():
+    import vitbook.recipes  # noqa: F401  (registers the book's models)
+
+    base = zoo.entry("mnist-vit")
+    assert base is zoo.entry("mnist-vit") and base.description
+    variant = dataclasses.replace(base, name="mnist-vit-variant-test")
+    assert variant.name != base.name and variant.recipe == base.recipe
+    with pytest.raises(KeyError, match="no zoo model named"):
+        zoo.entry("no-such-model")

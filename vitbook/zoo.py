@@ -191,6 +191,12 @@ def _model(name: str) -> Model:
     return entry
 
 
+def entry(name: str) -> Model | Result:
+    """The declaration of ``name``: read it (``zoo.entry(name).description``), or
+    ``dataclasses.replace`` it and ``register`` the copy under a new name to train a variant."""
+    return _entry(name)
+
+
 def is_cached(name: str) -> bool:
     return _entry(name).path().exists()
 

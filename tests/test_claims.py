@@ -134,6 +134,7 @@ def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch
     claims.Claims("06").check("kept", 0.45, above=0.3)  # chapter 6 again: its new block wins
     runs = claims.load_runs([str(log)])
     assert [(r["chapter"], r["name"], r["value"]) for r in runs["a"]] == [
-        ("07", "other chapter", 0.9), ("06", "kept", 0.45)
+        ("07", "other chapter", 0.9),
+        ("06", "kept", 0.45),
     ]
     assert "dropped later" not in claims.table(runs)

@@ -72,7 +72,9 @@ def test_notebook_opens_with_title_badge_and_colab_only_setup_and_ends_with_chec
     assert "claims.check(" in checks or "assert " in checks
     assert "claims.summary()" in checks or "all checks passed" in checks
     if "claims.check(" in checks:  # a recording run raises its failed findings in summary()
-        assert checks.rstrip().endswith("claims.summary()"), f"{path.name}: Checks must end in claims.summary()"
+        assert checks.rstrip().endswith("claims.summary()"), (
+            f"{path.name}: Checks must end in claims.summary()"
+        )
     assert not re.search(r"^[A-Z_]{6,}$", "\n".join("".join(c["source"]) for c in cells), re.M), (
         "an unfilled placeholder"
     )

@@ -7,6 +7,7 @@ import http.server
 import threading
 from pathlib import Path
 
+import exercise_tools
 import pytest
 import yaml
 
@@ -182,6 +183,13 @@ def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, serve
         headings = page.eval_on_selector_all("main h2", "els => els.map(e => e.textContent)")
         for section in ("Key takeaways", "Exercises", "References"):
             assert any(section in h for h in headings), f"no '{section}' section: {headings}"
+        # every measured number a takeaway quotes was computed on this page
+        takeaways = page.inner_text("section#key-takeaways")
+        outputs = "\n".join(
+            page.eval_on_selector_all("div.cell_output", "els => els.map(e => e.innerText)")
+        )
+        unbacked = exercise_tools.unbacked_numbers(takeaways, outputs)
+        assert unbacked == [], f"takeaway numbers no output of the page shows: {unbacked}"
         external = page.eval_on_selector_all(
             "main a[href^='https://']:not([href*='colab.research.google.com'])",
             "els => els.length",

@@ -7,12 +7,14 @@ import tomllib
 from pathlib import Path
 
 import book_tools
+import exercise_tools
 import pytest
 import yaml
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+BOOK = ROOT / "book"
+NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
 
 
 def test_every_chapter_is_in_the_table_of_contents():
@@ -242,3 +244,58 @@ def test_embedded_diagrams_are_the_files_in_book_images():
     assert {"vit_architecture.svg", "mae.svg", "ijepa.svg", "distillation_token.svg"} <= set(
         embedded
     )
+
+
+# --- exercises and takeaways -----------------------------------------------------------------
+
+
+def _exercise_setup(path):
+    nb = json.loads(path.read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    exercises = "".join(
+        exercise_tools.section("".join(c["source"]), "Exercises")
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+    )
+    names, namespace = exercise_tools.chapter_namespace(code)
+    return exercises, names, namespace
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercises_starter_code_names_what_the_chapter_defines(path):
+    # cheap: the chapter's imports run, nothing else; the names its code binds count as defined,
+    # and so do the names the exercises tell the reader to define
+    exercises, names, namespace = _exercise_setup(path)
+    snippets = exercise_tools.snippets(exercises)
+    assert snippets, f"{path.name}: no starter code in its exercises"
+    names |= exercise_tools.reader_names(exercises)
+    for s in snippets:
+        exercise_tools.run_imports(s, namespace)
+    problems = [p for s in snippets for p in exercise_tools.exercise_problems(s, names, namespace)]
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_exercise_check_catches_what_broke_before():
+    # the two defects the science review found (chapter 6's share_ink, chapter 8's logits_of),
+    # a renamed function and a keyword the function does not take; and a snippet that is fine
+    _, names, namespace = _exercise_setup(BOOK / "10_mae.ipynb")
+    names.add("tokens")
+    assert exercise_tools.exercise_problems("share_ink(roll_cls)", names, namespace)
+    assert exercise_tools.exercise_problems("logits_of(model)", names, namespace)
+    assert exercise_tools.exercise_problems("ssl.random_masks(tokens, 0.75)", names, namespace)
+    assert exercise_tools.exercise_problems(
+        "ssl.random_masking(tokens, 0.75, ratio=2)", names, namespace
+    )
+    assert (
+        exercise_tools.exercise_problems(
+            "ssl.random_masking(torch.rand(1, 49, 16), 0.75)", names, namespace
+        )
+        == []
+    )
+
+
+def test_the_takeaway_check_finds_a_number_the_page_never_computed():
+    outputs = "fine-tuned 91.2% | kNN 0.912 | mask ratio 75.0%"
+    assert exercise_tools.unbacked_numbers("reaches 91.2%, kNN 0.912, masks 75%", outputs) == []
+    assert exercise_tools.unbacked_numbers("reaches 97.3% and 0.95", outputs) == ["97.3%", "0.95"]
+    assert exercise_tools.unbacked_numbers("a 2D grid of 16 patches", outputs) == []  # structure

@@ -261,8 +261,10 @@ where its margin is larger than what the runs disagree by; where an effect was s
 chapter says so and asserts what does hold. No threshold was set from the test set alone: a
 learning rate or a step count that was tuned was chosen on a validation split of the training
 images (the benchmarks appendix has those runs). A fourth run, with a seed the thresholds were
-not chosen from (`seed3-...`, the last column), then confirms them. A value marked ✗ failed its
-check in that run.
+not chosen from (`seed3-...`, the last column), then confirms them. One threshold was chosen
+otherwise: chapter 8's few-labels finding was redesigned after its control failed in this sweep,
+and its threshold (0.03) was chosen from seeds 0 and 3, then confirmed on seeds 1 and 2. A value
+marked ✗ failed its check in that run.
 
 Reproduce with `make claims` (about half an hour a run on 2 CPU cores, most of it training the zoo); the table below was
 written by that command on {machine}.

@@ -138,3 +138,15 @@ def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch
         ("06", "kept", 0.45),
     ]
     assert "dropped later" not in claims.table(runs)
+
+
+def test_a_chapter_run_twice_in_a_row_keeps_only_its_second_run(tmp_path, monkeypatch):
+    # a rerun right after the first (nothing in between) starts a new block where a finding repeats
+    log = tmp_path / "a.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    claims.Claims("06").check("dropped later", 0.5, above=0.3)
+    claims.Claims("06").check("kept", 0.4, above=0.3)
+    claims.Claims("06").check("kept", 0.45, above=0.3)
+    claims.Claims("06").check("new", 0.6, above=0.3)
+    runs = claims.load_runs([str(log)])
+    assert [(r["name"], r["value"]) for r in runs["a"]] == [("kept", 0.45), ("new", 0.6)]

@@ -170,9 +170,14 @@ def _last_run_of_each_chapter(records: list[dict]) -> list[dict]:
     """A chapter run again in the same run (``CLAIMS_FRESH=0``) appends a new block of records:
     keep only its last block, so a finding the chapter no longer checks leaves the table."""
     blocks: list[list[dict]] = []
-    for r in records:
-        if blocks and blocks[-1][0]["chapter"] == r["chapter"]:
-            blocks[-1].append(r)
+    for r in records:  # a block ends where another chapter starts or a finding comes again
+        block = blocks[-1] if blocks else None
+        if (
+            block
+            and block[0]["chapter"] == r["chapter"]
+            and r["name"] not in {x["name"] for x in block}
+        ):
+            block.append(r)
         else:
             blocks.append([r])
     last = {block[0]["chapter"]: i for i, block in enumerate(blocks)}

@@ -123,10 +123,11 @@ def embedding_scatter(
     fig = go.Figure()
     for g in order:
         idx = [i for i, gg in enumerate(groups) if gg == g]
+        sym = (symbols or {}).get(g, "circle")  # crosses larger than dots, or they read as dots
         fig.add_trace(
             go.Scattergl(
                 x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=str(g), customdata=idx,
-                marker=dict(size=5, opacity=0.75, color=colors[g], symbol=(symbols or {}).get(g, "circle")),
+                marker=dict(size=5 if sym == "circle" else 9, opacity=0.75, color=colors[g], symbol=sym),
                 hovertemplate=f"{g}<extra></extra>",
             )
         )  # fmt: skip

@@ -199,3 +199,12 @@ def test_zoo_messages_fit_the_column(capsys):
 
     zoo._print("zoo: " + "a long message about a model " * 10)
     assert all(len(line) <= 78 for line in capsys.readouterr().out.splitlines())
+
+
+def test_printouts_fold_to_the_column():
+    from vitbook import show
+
+    long = "ValueError: " + "word " * 40
+    lines = show.wrapped(long).split("\n")
+    assert len(lines) > 1 and all(len(line) <= show.COLUMN for line in lines)
+    assert show.wrapped("a\nb") == "a\nb"  # its own line breaks are kept

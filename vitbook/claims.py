@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .settings import seed
+from .show import wrapped
 
 
 def cpu_kernels() -> str:
@@ -81,7 +82,7 @@ class Claims:
         self.results.append(record)
         _append(record)
         mark = "ok  " if passed else "FAIL"
-        print(f"{mark} {name}: {value:.4g} (needs {rule}; margin {margin:+.4g})")
+        print(wrapped(f"{mark} {name}: {value:.4g} (needs {rule}; margin {margin:+.4g})", " " * 5))
         if not passed:
             self.failures.append(
                 f"{self.chapter}: finding {name!r} does not hold: {value:.4g}, needs {rule}"

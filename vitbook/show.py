@@ -99,3 +99,21 @@ def table(rows: dict, index: str = "", caption: str | None = None):
     return HTML(
         f'<table class="vitbook-table">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     )
+
+
+COLUMN = 78  # characters of a printout that fit the book's column without wrapping
+
+
+def wrapped(text: str, indent: str = "  ") -> str:
+    """``text`` folded to the page's column, each paragraph on its own, continuation lines
+    indented: a printout whose lines wrap on the page loses its shape."""
+    return "\n".join(
+        textwrap.fill(part, width=COLUMN, subsequent_indent=indent, break_on_hyphens=False)
+        for part in str(text).split("\n")
+    )
+
+
+def error(err: BaseException) -> None:
+    """Print a caught exception as the reader should see it, ``Type: message``, folded to the
+    column."""
+    print(wrapped(f"{type(err).__name__}: {err}"))

@@ -118,6 +118,7 @@ WRAPPED = """() => {
   const bad = [];
   for (const el of document.querySelectorAll('article div.cell_output pre, article div.output pre')) {
     if (!el.textContent.trim() || el.getBoundingClientRect().width === 0) continue;
+    if (el.closest('.vitbook-source')) continue;  // code listings wrap by design, indentation kept
     const copy = el.cloneNode(true);
     copy.style.cssText = 'white-space: pre; position: absolute; visibility: hidden; width: auto; max-width: none';
     el.parentNode.appendChild(copy);

@@ -208,3 +208,19 @@ def test_printouts_fold_to_the_column():
     lines = show.wrapped(long).split("\n")
     assert len(lines) > 1 and all(len(line) <= show.COLUMN for line in lines)
     assert show.wrapped("a\nb") == "a\nb"  # its own line breaks are kept
+
+
+def test_folded_printouts_keep_short_lines_and_fold_long_ones():
+    import io
+
+    from vitbook import show
+
+    out = io.StringIO()
+    stream = show._FoldingStream(out)
+    print("short line", file=stream)
+    print("x " * 60, file=stream, end="")
+    assert out.getvalue() == "short line\n"  # the long line waits for its newline or a flush
+    stream.flush()
+    print("a " * 60, file=stream)
+    lines = out.getvalue().split("\n")
+    assert all(len(line) <= show.COLUMN for line in lines[2:]) and len(lines) > 3

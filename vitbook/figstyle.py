@@ -106,7 +106,8 @@ def overlapping_text(fig) -> list[str]:
 
 def book_style() -> None:
     """The book's matplotlib style (text of 9 points and more, 100 dpi) and, in IPython, sharp
-    retina output; every figure shown from then on has its smallest text recorded (`too_small`).
+    retina output and printed lines folded to the column (`show.fold_printouts`); every figure
+    shown from then on has its smallest text recorded (`too_small`).
     Safe to call more than once."""
     plt.rcParams.update(STYLE)
     try:
@@ -116,6 +117,9 @@ def book_style() -> None:
     ip = get_ipython()
     if ip is None or not hasattr(ip, "display_formatter"):
         return
+    from .show import fold_printouts
+
+    fold_printouts()  # and printouts as wide as the column at most
     from matplotlib.figure import Figure
     from matplotlib_inline.backend_inline import set_matplotlib_formats
 

@@ -117,3 +117,41 @@ def error(err: BaseException) -> None:
     """Print a caught exception as the reader should see it, ``Type: message``, folded to the
     column."""
     print(wrapped(f"{type(err).__name__}: {err}"))
+
+
+class _FoldingStream:
+    """``sys.stdout`` with every printed line longer than the column folded (`wrapped`) as it
+    is written: a chapter's printouts keep their shape on the page, in Jupyter and in Colab."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._pending = ""  # the line being written, until its newline comes
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            *lines, self._pending = self._pending.split("\n")
+            self._stream.write("\n".join(_fold(line) for line in lines) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _fold(line: str) -> str:
+    return line if len(line) <= COLUMN or "\r" in line else wrapped(line)
+
+
+def fold_printouts() -> None:
+    """From now on, fold printed lines longer than the page's column (`figstyle.book_style`
+    calls it at the top of every chapter). Calling it again changes nothing."""
+    import sys
+
+    if not isinstance(sys.stdout, _FoldingStream):
+        sys.stdout = _FoldingStream(sys.stdout)

@@ -47,6 +47,7 @@ def plotly_html(fig, div_id: str | None = None) -> str:
     window.Plotly.newPlot("{div_id}", fig).then(function(gd) {{
       function fit() {{ window.Plotly.Plots.resize(gd); }}
       if (document.readyState === "complete") {{ fit(); }} else {{ window.addEventListener("load", fit); }}
+      setTimeout(fit, 300);  // and once more after the page's own scripts have run
     }});
   }}
   if (window.Plotly) {{ draw(); return; }}

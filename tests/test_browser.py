@@ -112,6 +112,10 @@ TOO_WIDE = """() => {
   return bad;
 }"""
 
+# Every plotly figure drawn and no wider than its box.
+SETTLED = """() => Array.from(document.querySelectorAll('article .vitbook-plotly')).every(
+  el => el.querySelector('svg.main-svg') && el.scrollWidth <= el.clientWidth + 1)"""
+
 # Text output whose lines the column wraps: a printout that should have been a table or a figure.
 # Each output block is measured against a copy of itself that may not wrap.
 WRAPPED = """() => {
@@ -198,6 +202,10 @@ def test_page_loads_offline_with_no_errors_and_every_figure_drawn(browser, serve
         assert external > 0, "no external link (the References link the papers)"
     blank = page.evaluate(BLANK_WIDGETS)
     assert blank == 0, f"{blank} hidden widget(s) leave a blank strip on the page"
+    try:  # plotly figures fit their box once the page's scripts have run: give them the time
+        page.wait_for_function(SETTLED, timeout=3000)
+    except Exception:
+        pass  # still too wide: reported below
     too_wide = page.evaluate(TOO_WIDE)
     assert too_wide == [], "blocks wider than the column:\n" + "\n".join(too_wide)
     wrapped = page.evaluate(WRAPPED)

@@ -195,10 +195,10 @@ def test_source_on_the_page_keeps_each_lines_indentation_when_it_wraps():
 
 
 def test_zoo_messages_fit_the_column(capsys):
-    from vitbook import zoo
+    from vitbook import show, zoo
 
     zoo._print("zoo: " + "a long message about a model " * 10)
-    assert all(len(line) <= 78 for line in capsys.readouterr().out.splitlines())
+    assert all(len(line) <= show.COLUMN for line in capsys.readouterr().out.splitlines())
 
 
 def test_printouts_fold_to_the_column():

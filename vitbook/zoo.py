@@ -291,9 +291,9 @@ def _say(name: str, where: str) -> None:
 
 def _print(message: str) -> None:
     """A message in lines that fit the book's column (a printout must not wrap on the page)."""
-    import textwrap
+    from .show import wrapped
 
-    print(textwrap.fill(message, width=78, subsequent_indent="  ", break_on_hyphens=False))
+    print(wrapped(message))
 
 
 def _load(entry: Model | Result, path: Path) -> dict:

@@ -125,14 +125,20 @@ def test_table_shows_both_thresholds_when_a_check_changed_between_runs(tmp_path,
     assert "> 0.975 / > 0.98" in text
 
 
-def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch):
+def _recorded(tmp_path, monkeypatch, checks) -> dict:
+    """Record ``checks`` ((chapter, name, value), each above 0.3) in one run "a"; load it back."""
     log = tmp_path / "a.jsonl"
     monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
-    claims.Claims("06").check("dropped later", 0.5, above=0.3)
-    claims.Claims("06").check("kept", 0.4, above=0.3)
-    claims.Claims("07").check("other chapter", 0.9, above=0.3)
-    claims.Claims("06").check("kept", 0.45, above=0.3)  # chapter 6 again: its new block wins
-    runs = claims.load_runs([str(log)])
+    for chapter, name, value in checks:
+        claims.Claims(chapter).check(name, value, above=0.3)
+    return claims.load_runs([str(log)])
+
+
+def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch):
+    runs = _recorded(tmp_path, monkeypatch, [
+        ("06", "dropped later", 0.5), ("06", "kept", 0.4), ("07", "other chapter", 0.9),
+        ("06", "kept", 0.45),  # chapter 6 again: its new block wins
+    ])  # fmt: skip
     assert [(r["chapter"], r["name"], r["value"]) for r in runs["a"]] == [
         ("07", "other chapter", 0.9),
         ("06", "kept", 0.45),
@@ -142,11 +148,7 @@ def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch
 
 def test_a_chapter_run_twice_in_a_row_keeps_only_its_second_run(tmp_path, monkeypatch):
     # a rerun right after the first (nothing in between) starts a new block where a finding repeats
-    log = tmp_path / "a.jsonl"
-    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
-    claims.Claims("06").check("dropped later", 0.5, above=0.3)
-    claims.Claims("06").check("kept", 0.4, above=0.3)
-    claims.Claims("06").check("kept", 0.45, above=0.3)
-    claims.Claims("06").check("new", 0.6, above=0.3)
-    runs = claims.load_runs([str(log)])
+    runs = _recorded(tmp_path, monkeypatch, [
+        ("06", "dropped later", 0.5), ("06", "kept", 0.4), ("06", "kept", 0.45), ("06", "new", 0.6),
+    ])  # fmt: skip
     assert [(r["name"], r["value"]) for r in runs["a"]] == [("kept", 0.45), ("new", 0.6)]

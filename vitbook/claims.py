@@ -114,13 +114,18 @@ def _rule(above: float | None, below: float | None) -> str:
     return " and ".join(parts)
 
 
+def _claims_file() -> str:
+    """The file a recording run writes its findings to (``$VITBOOK_CLAIMS``); '' when none."""
+    return os.environ.get("VITBOOK_CLAIMS", "").strip()
+
+
 def _recording() -> bool:
     """True in a run that records its findings (``$VITBOOK_CLAIMS`` names a file)."""
-    return bool(os.environ.get("VITBOOK_CLAIMS", "").strip())
+    return bool(_claims_file())
 
 
 def _append(record: dict) -> None:
-    path = os.environ.get("VITBOOK_CLAIMS", "").strip()
+    path = _claims_file()
     if not path:
         return
     p = Path(path).expanduser()

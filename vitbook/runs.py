@@ -6,7 +6,7 @@
 * The pieces `vitbook.train.fit` assembles: the learning-rate schedule (`lr_at`), the weight-decay
   groups (`param_groups`), the layer groups of the gradient-flow plots (`layer_groups`), the
   per-step seed (`step_seed`), each epoch's sample order (`epoch_order`), the running totals
-  (`EpochTotals`, `batch_stats`), the checkpoints (`CheckpointSaver`) and the progress bars.
+  (`EpochTotals`, `batch_stats`), the checkpoints (`CheckpointSaver`) and the progress bar (`ProgressBar`).
 
 Plotting a history is the reader's business: `vitbook.viz.plot_history(history)`.
 """
@@ -278,36 +278,45 @@ class CheckpointSaver:
             self.saved_step = state["step"]
 
 
-class ProgressBars:
-    """An epochs bar and one batches bar reused for every epoch (no trail of closed bars). They
-    refresh at most once a second: a notebook front end (and nbval, which reads the kernel's
-    messages only after a cell ends) must not be flooded with widget updates."""
+class ProgressBar:
+    """One bar over all of a run's steps, with the epoch in its description and the running loss,
+    accuracy and last validation accuracy after it. It redraws at most every two seconds and never
+    per epoch: in a notebook every redraw is three widget messages, and nbval reads a cell's
+    messages only after the cell ends, from a queue that drops messages past about 2,000 (the
+    kernel's "idle" among them, which then fails the cell). A bar reset every epoch sent 4,000
+    messages for chapter 12's 80-second students cell."""
 
-    def __init__(self, enabled: bool, num_epochs: int, steps_per_epoch: int, step: int):
+    def __init__(
+        self, enabled: bool, num_epochs: int, steps_per_epoch: int, step: int, total_steps: int
+    ):
         from tqdm.auto import tqdm
 
         self.num_epochs = num_epochs
-        opts = dict(mininterval=1.0, maxinterval=10.0, disable=not enabled)
-        self.epochs = tqdm(total=num_epochs, desc="epochs", initial=step // steps_per_epoch, **opts)
-        self.batches = tqdm(total=steps_per_epoch, desc="batches", leave=False, **opts)
+        self.postfix: dict[str, str] = {}
+        self.bar = tqdm(
+            total=total_steps,
+            initial=step,
+            desc=f"epoch {step // steps_per_epoch + 1}/{num_epochs}",
+            unit="step",
+            mininterval=2.0,
+            maxinterval=10.0,
+            disable=not enabled,
+        )
 
-    def start_epoch(self, epoch: int, steps: int, done: int) -> None:
-        self.batches.reset(total=steps)
-        self.batches.update(done)
-        self.batches.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
+    def start_epoch(self, epoch: int) -> None:
+        self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
 
     def step(self, totals: EpochTotals, has_accuracy: bool) -> None:
-        postfix = {"loss": f"{totals.loss / totals.seen:.4f}"}
+        self.postfix["loss"] = f"{totals.loss / totals.seen:.4f}"
         if has_accuracy:
-            postfix["acc"] = f"{100 * totals.correct / totals.seen:.2f}%"
-        self.batches.set_postfix(postfix, refresh=False)
-        self.batches.update()
+            self.postfix["acc"] = f"{100 * totals.correct / totals.seen:.2f}%"
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update()
 
     def epoch_done(self, val_acc: float | None) -> None:
         if val_acc is not None:
-            self.epochs.set_postfix({"val_acc": f"{100 * val_acc:.2f}%"}, refresh=False)
-        self.epochs.update()
+            self.postfix["val_acc"] = f"{100 * val_acc:.2f}%"
+            self.bar.set_postfix(self.postfix, refresh=False)
 
     def close(self) -> None:
-        self.batches.close()
-        self.epochs.close()
+        self.bar.close()

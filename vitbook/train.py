@@ -4,7 +4,7 @@
 AdamW, linear warm-up then cosine decay, label smoothing and gradient clipping, as the `Recipe`
 says, and returns a `History` (per-step loss and learning rate, per-layer gradient norms,
 per-epoch train/validation loss and accuracy). Everything else is an option of the loop: the
-loss, the augmentation, the device (the model's own unless told), checkpoints, progress bars,
+loss, the augmentation, the device (the model's own unless told), checkpoints, a progress bar,
 callbacks. It is
 
 * deterministic: every random draw of step s comes from a generator seeded by (seed, s), so
@@ -60,7 +60,7 @@ from .runs import (  # noqa: F401  (Recipe, History and the schedule are part of
     CheckpointSaver,
     EpochTotals,
     History,
-    ProgressBars,
+    ProgressBar,
     Recipe,
     batch_stats,
     epoch_order,
@@ -230,14 +230,14 @@ def fit(
         train_model = torch.compile(train_model)
     groups = layer_groups(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    bars = ProgressBars(progress and is_main, num_epochs, steps_per_epoch, step)
+    bar = ProgressBar(progress and is_main, num_epochs, steps_per_epoch, step, total_steps)
     start = time.perf_counter() - history.final.get("time", 0.0)
 
     while step < total_steps:
         epoch = step // steps_per_epoch
         order = epoch_order(n, world, rank, r.seed, epoch)  # this process's share of the epoch
         epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
-        bars.start_epoch(epoch, epoch_end - epoch * steps_per_epoch, step - epoch * steps_per_epoch)
+        bar.start_epoch(epoch)
         train_model.train()
         while step < epoch_end:
             # 1. The batch: this step's samples, augmented with this step's random numbers.
@@ -254,7 +254,7 @@ def fit(
                 loss, logits = loss_fn(train_model, x, y)
             batch = batch_stats(loss, logits, y, world)
             if not math.isfinite(batch.loss):
-                bars.close()
+                bar.close()
                 raise _non_finite(batch.loss, step, epoch, lr, r, x, checkpoint, saver.saved_step)
             saver.confirm()  # the held checkpoint's weights just gave a finite loss
             # 3. The update: gradients (their norms recorded now and then), clipping, AdamW.
@@ -274,20 +274,20 @@ def fit(
             history.step_loss.append(batch.loss)
             history.step_lr.append(lr)
             totals.add(batch)
-            bars.step(totals, logits is not None)
+            bar.step(totals, logits is not None)
             if step == epoch_end:  # saving and stopping wait for the epoch's record
                 break
             if checkpoint is not None and step % checkpoint_every == 0:
                 saver.hold()
             if stop_at_step is not None and step >= stop_at_step:
                 saver.write()
-                bars.close()
+                bar.close()
                 return history
         # The epoch's record: training loss and accuracy, then validation (of the average).
         record = {"epoch": epoch + 1, "lr": lr, **totals.summary(logits is not None)}
         if val_data is not None and is_main:
             record.update(_validate(model, average, val_data, r.eval_batch_size))
-        bars.epoch_done(record.get("val_acc"))
+        bar.epoch_done(record.get("val_acc"))
         record["time"] = time.perf_counter() - start
         history.epochs.append(record)
         totals = EpochTotals()
@@ -303,7 +303,7 @@ def fit(
             on_epoch_end(record)
         if stopping:
             break
-    bars.close()
+    bar.close()
     return history
 
 

@@ -179,7 +179,7 @@ def test_measurements_show_as_a_table_of_means_and_ranges_beside_the_findings(
     assert "3 findings" not in findings and "1 findings recorded" in findings
     text = claims.page(runs)
     lines = text.splitlines()
-    assert "| ssl table | probe 1% | kNN 1% |" in lines
+    assert "### 15_dino: ssl table" in lines and "| | probe 1% | kNN 1% |" in lines
     assert "| MAE | 79.0 (78.0–80.0) | 62.0 (60.0–64.0) |" in lines
     assert "| DINO | 62.5 (62.0–63.0), 2 runs | – |" in lines
 
@@ -204,3 +204,14 @@ def test_measure_records_without_a_threshold_and_the_summary_counts_it(
     assert "1 table values recorded" in capsys.readouterr().out
     with pytest.raises(ValueError, match="NaN"):
         c.measure("ssl table", "MAE", "kNN 1%", float("nan"))
+
+
+def test_a_run_whose_chapters_ran_on_different_thread_counts_says_so(tmp_path, monkeypatch):
+    log = tmp_path / "a.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    for chapter, threads in (("01", 1), ("02", 2)):  # chapter 2 rerun later with 2 threads
+        monkeypatch.setattr(claims.torch, "get_num_threads", lambda n=threads: n)
+        claims.Claims(chapter).check("a finding", 0.5, above=0.1)
+    assert "1–2 torch threads" in claims.table(claims.load_runs([str(log)]))
+    (tmp_path / "b.jsonl").write_text(log.read_text().splitlines()[0] + "\n")
+    assert "1 torch thread," in claims.table(claims.load_runs([str(tmp_path / "b.jsonl")]))

@@ -152,3 +152,66 @@ def test_a_chapter_run_twice_in_a_row_keeps_only_its_second_run(tmp_path, monkey
         ("06", "dropped later", 0.5), ("06", "kept", 0.4), ("06", "kept", 0.45), ("06", "new", 0.6),
     ])  # fmt: skip
     assert [(r["name"], r["value"]) for r in runs["a"]] == [("kept", 0.45), ("new", 0.6)]
+
+
+def _measured_runs(tmp_path, monkeypatch, values: dict[str, dict]) -> dict:
+    """One run per key of ``values`` (run -> {(row, column): value}), each recording chapter 15's
+    table and one finding."""
+    for run, cells in values.items():
+        monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / f"{run}.jsonl"))
+        c = claims.Claims("15_dino")
+        for (row, column), value in cells.items():
+            c.measure("ssl table", row, column, value)
+        c.check("a finding", 0.5, above=0.1)
+    return claims.load_runs([str(tmp_path / f"{run}.jsonl") for run in values])
+
+
+def test_measurements_show_as_a_table_of_means_and_ranges_beside_the_findings(
+    tmp_path, monkeypatch
+):
+    runs = _measured_runs(tmp_path, monkeypatch, {
+        "s0": {("MAE", "probe 1%"): 78.0, ("MAE", "kNN 1%"): 60.0, ("DINO", "probe 1%"): 62.0},
+        "s1": {("MAE", "probe 1%"): 80.0, ("MAE", "kNN 1%"): 64.0, ("DINO", "probe 1%"): 63.0},
+        "s2": {("MAE", "probe 1%"): 79.0, ("MAE", "kNN 1%"): 62.0},  # DINO missing from this run
+    })  # fmt: skip
+    findings = claims.table(runs)
+    assert "ssl table" not in findings and "a finding" in findings  # not findings: no threshold
+    assert "3 findings" not in findings and "1 findings recorded" in findings
+    text = claims.page(runs)
+    lines = text.splitlines()
+    assert "### 15_dino: ssl table" in lines and "| | probe 1% | kNN 1% |" in lines
+    assert "| MAE | 79.0 (78.0–80.0) | 62.0 (60.0–64.0) |" in lines
+    assert "| DINO | 62.5 (62.0–63.0), 2 runs | – |" in lines
+
+
+def test_a_page_without_measurements_has_no_measured_section(tmp_path, monkeypatch):
+    runs = _recorded(tmp_path, monkeypatch, [("06", "kept", 0.4)])
+    assert "Measured, not asserted" not in claims.page(runs)
+
+
+def test_measure_records_without_a_threshold_and_the_summary_counts_it(
+    tmp_path, monkeypatch, capsys
+):
+    log = tmp_path / "run.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    c = claims.Claims("15_dino")
+    assert c.measure("ssl table", "MAE", "probe 1%", 78.5) == 78.5
+    assert capsys.readouterr().out == ""  # the page shows the table its own way
+    rec = json.loads(log.read_text())
+    assert rec["kind"] == "measurement" and "above" not in rec and rec["row"] == "MAE"
+    c.check("a finding", 0.5, above=0.1)
+    c.summary()
+    assert "1 table values recorded" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="NaN"):
+        c.measure("ssl table", "MAE", "kNN 1%", float("nan"))
+
+
+def test_a_run_whose_chapters_ran_on_different_thread_counts_says_so(tmp_path, monkeypatch):
+    log = tmp_path / "a.jsonl"
+    monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
+    for chapter, threads in (("01", 1), ("02", 2)):  # chapter 2 rerun later with 2 threads
+        monkeypatch.setattr(claims.torch, "get_num_threads", lambda n=threads: n)
+        claims.Claims(chapter).check("a finding", 0.5, above=0.1)
+    assert "1–2 torch threads" in claims.table(claims.load_runs([str(log)]))
+    (tmp_path / "b.jsonl").write_text(log.read_text().splitlines()[0] + "\n")
+    assert "1 torch thread," in claims.table(claims.load_runs([str(tmp_path / "b.jsonl")]))

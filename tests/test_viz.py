@@ -96,6 +96,32 @@ def test_live_explorer_redraws_when_a_control_changes(explorer_inputs):
     torch.testing.assert_close(shown[5], roll[2, 7, 1:].reshape(4, 4))
 
 
+def test_live_explorer_offers_a_per_panel_scale_and_a_class_token_bar_under_each_panel(
+    explorer_inputs,
+):
+    x, maps, roll = explorer_inputs
+    ex = explorer.AttentionExplorer(x, maps, roll)
+    ex.layer.value, ex.query.value = 0, 5
+    torch.testing.assert_close(
+        ex.class_token_shares(),
+        torch.cat([maps[0, 0, :, 5, 0], maps[0, 0, :, 5, 0].mean(0, keepdim=True), roll[0, 5, :1]]),
+    )
+    shared = ex.figure()
+    assert len(shared.axes) == 1 + 6 + 1  # image, six panels, one colour bar
+    assert all(len(ax.child_axes) == 1 for ax in shared.axes[1:7])  # a bar under every panel
+    bar = shared.axes[1].child_axes[0]
+    assert bar.patches[1].get_width() == pytest.approx(float(ex.class_token_shares()[0]))
+    draws = ex.draw_count
+    ex.scale.value = "panel"
+    assert ex.draw_count == draws + 1  # the toggle redraws
+    own = ex.figure()
+    assert len(own.axes) == 1 + 6  # no shared colour bar: each panel has its own scale
+    heats = ex.current_maps()
+    for ax, heat in zip(own.axes[1:7], heats):
+        assert ax.images[-1].get_clim()[1] == pytest.approx(float(heat.max()))
+        assert f"max {float(heat.max()):.2f}" in ax.get_title()
+
+
 def test_live_explorer_offers_a_still_with_a_note_beside_the_widget(explorer_inputs):
     x, maps, roll = explorer_inputs
     bundle = explorer.AttentionExplorer(x, maps, roll)._repr_mimebundle_()

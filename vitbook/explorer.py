@@ -296,7 +296,9 @@ def show_attention_explorer(fig) -> None:
 class AttentionExplorer:
     """The live explorer for a running kernel (Jupyter, Colab): ipywidgets for the image, the
     layer and the query token that redraw, with matplotlib, every head of the layer, the mean of
-    the heads and the rollout, on one colour scale.
+    the heads and the rollout, on one colour scale shared by every panel (so that panels compare)
+    or on each panel's own (so that a faint map such as layer 0's shows its shape), with a bar
+    under each panel for the weight that goes to the class token.
 
     ``explorer.widget`` is the widget; ``explorer.drawn`` says what is on screen now, as
     ``(image, layer, query)``: the tests set the controls in Python and read it back. Displayed
@@ -326,12 +328,17 @@ class AttentionExplorer:
             value=0,
             description="query",
         )
+        self.scale = W.ToggleButtons(
+            options=[(f"shared (0 to {self.vmax:.2f})", "shared"), ("per panel", "panel")],
+            value="shared",
+            description="scale",
+        )
         self.out = W.Output()
         self.drawn = None
         self.draw_count = 0
-        for control in (self.image, self.layer, self.query):
+        for control in (self.image, self.layer, self.query, self.scale):
             control.observe(lambda change: self.redraw(), names="value")
-        self.widget = W.VBox([W.HBox([self.image, self.layer, self.query]), self.out])
+        self.widget = W.VBox([W.HBox([self.image, self.layer, self.query]), self.scale, self.out])
         self.redraw()
 
     def current_maps(self) -> torch.Tensor:
@@ -341,6 +348,13 @@ class AttentionExplorer:
                           self.rollouts[b, q][None]])  # fmt: skip
         return rows[:, self.prefix :].reshape(-1, self.grid, self.grid)
 
+    def class_token_shares(self) -> torch.Tensor:
+        """(nh + 2,): the weight each panel's query row gives the class (prefix) tokens, 0 to 1."""
+        b, layer, q = self.image.value, self.layer.value, self.query.value
+        rows = torch.cat([self.maps[layer, b, :, q], self.maps[layer, b, :, q].mean(0, keepdim=True),
+                          self.rollouts[b, q][None]])  # fmt: skip
+        return rows[:, : self.prefix].sum(-1)
+
     def figure(self):
         """The present state as a matplotlib ``Figure`` (not one pyplot keeps: nothing is left
         open for the notebook to show again), 6.8 inches wide, on the explorer's one scale."""
@@ -348,20 +362,32 @@ class AttentionExplorer:
         from matplotlib.figure import Figure
 
         b, layer, q = self.image.value, self.layer.value, self.query.value
-        heats = self.current_maps()
+        heats, shares = self.current_maps(), self.class_token_shares()
+        shared = self.scale.value == "shared"
         titles = [f"head {h}" for h in range(len(heats) - 2)] + ["mean", "rollout"]
-        fig = Figure(figsize=(6.8, 1.75), layout="constrained")
+        fig = Figure(figsize=(6.8, 2.0), layout="constrained")
         FigureCanvasAgg(fig)  # a canvas of its own: the figure draws without pyplot
         axes = fig.subplots(1, len(heats) + 1)
         axes[0].imshow(_image2d(self.images[b]), cmap="gray")
         axes[0].set_title("image", fontsize=9)
         axes[0].axis("off")
-        for ax, heat, title in zip(axes[1:], heats, titles):
-            im = overlay(ax, self.images[b], heat, title, vmax=self.vmax)
-        fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).ax.tick_params(labelsize=9)
+        for ax, heat, title, share in zip(axes[1:], heats, titles, shares.tolist()):
+            top = self.vmax if shared else max(float(heat.max()), 1e-6)
+            im = overlay(
+                ax, self.images[b], heat, title if shared else f"{title}\nmax {top:.2f}", vmax=top
+            )
+            bar = ax.inset_axes((0.0, -0.16, 1.0, 0.09))  # the class token's share, 0 to 1
+            bar.barh(0, 1.0, color="#e6e6e6", height=1.0)
+            bar.barh(0, share, color="#1f77b4", height=1.0)
+            bar.set_xlim(0, 1)
+            bar.axis("off")
+        if shared:
+            fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01).ax.tick_params(labelsize=9)
         fig.suptitle(
-            f"image {b}, layer {layer}, query: {_query_name(q, self.prefix, self.grid)}",
-            fontsize=10,
+            f"image {b}, layer {layer}, query: {_query_name(q, self.prefix, self.grid)}\n"
+            f"{'one colour scale' if shared else 'each panel on its own scale'}; "
+            "blue bars: the weight that goes to the class token (0 to 1)",
+            fontsize=9,
         )
         return fig
 

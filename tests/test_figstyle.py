@@ -138,3 +138,16 @@ def test_long_captions_wrap_instead_of_colliding():
     assert figstyle.overlapping_text(fig) == []
     assert viz.wrap_caption("unknown (train)", 1.0) == "unknown\n(train)"
     plt.close(fig)
+
+
+def test_a_long_name_breaks_where_its_words_join_not_mid_word():
+    # chapter 13's font names: "STIXGeneralItalic" broke as "STIXGeneralItali" / "c"
+    assert viz.wrap_caption("STIXGeneralItalic", 1.0) == "STIXGeneral\nItalic"
+    assert viz.wrap_caption("STIXGeneralItalic", 0.85) == "STIX\nGeneral\nItalic"
+    assert viz.wrap_caption("DejaVuSerif-BoldItalic", 1.6) == "DejaVuSerif-Bold\nItalic"
+    assert viz.wrap_caption("abcdefghijklmnopqrstuvwxyz", 0.85) == "abcdefghi\njklmnopqr\nstuvwxyz"
+    for text in ("STIXGeneralItalic", "DejaVuSansMono-BoldOblique", "synthetic 4", "cmr10"):
+        for width in (0.85, 1.0, 1.6):
+            lines = viz.wrap_caption(text, width).split("\n")
+            assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing lost
+            assert max(map(len, lines)) <= max(4, int(width * 72 / (0.62 * 9)) - 1)

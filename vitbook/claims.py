@@ -306,7 +306,8 @@ def measured_tables(runs: dict[str, list[dict]]) -> str:
                     cells.append("–")
                     continue
                 v = list(got.values())
-                text = f"{sum(v) / len(v):.1f} ({min(v):.1f}–{max(v):.1f})"
+                # word joiners keep the range on one line when a narrow column wraps the cell
+                text = f"{sum(v) / len(v):.1f} ({min(v):.1f}\u2060–\u2060{max(v):.1f})"
                 cells.append(text + ("" if len(v) == len(seen) else f", {len(v)} runs"))
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")

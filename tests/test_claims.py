@@ -217,3 +217,13 @@ def test_a_run_whose_chapters_ran_on_different_thread_counts_says_so(tmp_path, m
     assert "1–2 torch threads" in claims.table(claims.load_runs([str(log)]))
     (tmp_path / "b.jsonl").write_text(log.read_text().splitlines()[0] + "\n")
     assert "1 torch thread," in claims.table(claims.load_runs([str(tmp_path / "b.jsonl")]))
+
+
+def test_values_in_the_table_are_short_enough_for_four_runs_in_the_column(tmp_path, monkeypatch):
+    runs = _recorded(
+        tmp_path, monkeypatch, [("06", "control", 0.3 + 0.0008429), ("06", "x", 0.4245)]
+    )
+    assert claims._short(-0.0008429) == "-8.4e-4" and claims._short(0.4245) == "0.424"
+    assert claims._short(0.0034, sign=True) == "+0.0034"
+    rows = [line for line in claims.table(runs).splitlines() if line.startswith("| control")]
+    assert rows == ["| control | 0.301 | > 0.3 | +8.4e-4 |"]

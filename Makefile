@@ -125,7 +125,7 @@ claims: setup
 	    --nbval-cell-timeout=$(CELL_TIMEOUT) -p no:cacheprovider -q || failed="$$failed $$run"; \
 	  echo "[claims] $$run took $$(( $$(date +%s) - start )) s"; \
 	done; \
-	$(PY) -m vitbook.claims --page $(addprefix $(CLAIMS_DIR)/,$(addsuffix .jsonl,$(CLAIMS_TABLE_RUNS))) \
+	$(PY) -m vitbook.claims_table --page $(addprefix $(CLAIMS_DIR)/,$(addsuffix .jsonl,$(CLAIMS_TABLE_RUNS))) \
 	  > $(CLAIMS_DIR)/page.md || failed="$$failed table"; \
 	cp $(CLAIMS_DIR)/page.md book/appendix_claims.md; \
 	if [ -n "$$failed" ]; then echo "[claims] failed:$$failed"; exit 1; fi

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from vitbook import claims
+from vitbook import claims, claims_table
 
 
 @pytest.fixture(autouse=True)
@@ -73,10 +73,10 @@ def test_table_lists_every_run_and_the_smallest_margin(tmp_path, monkeypatch):
     for run, value in (("seed0-native", 0.30), ("seed1-avx2", 0.15)):
         monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / f"{run}.jsonl"))
         claims.Claims("10_mae").check("gain", value, above=0.1)
-    runs = claims.load_runs(
+    runs = claims_table.load_runs(
         [str(tmp_path / "seed0-native.jsonl"), str(tmp_path / "seed1-avx2.jsonl")]
     )
-    text = claims.table(runs)
+    text = claims_table.table(runs)
     row = next(line for line in text.splitlines() if "gain" in line)
     assert "0.3" in row and "0.15" in row and "+0.05" in row
 
@@ -85,7 +85,9 @@ def test_table_does_not_claim_a_margin_for_a_finding_missing_from_a_run(tmp_path
     monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / "a.jsonl"))
     claims.Claims("1").check("only in a", 1.0, above=0.0)
     (tmp_path / "b.jsonl").write_text("")
-    text = claims.table(claims.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]))
+    text = claims_table.table(
+        claims_table.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    )
     row = next(line for line in text.splitlines() if "only in a" in line)
     assert row.endswith("| – |") and "- `b`: no findings recorded" in text
 
@@ -121,7 +123,9 @@ def test_table_shows_both_thresholds_when_a_check_changed_between_runs(tmp_path,
     for run, threshold in (("a", 0.975), ("b", 0.98)):
         monkeypatch.setenv("VITBOOK_CLAIMS", str(tmp_path / f"{run}.jsonl"))
         claims.Claims("04").check("accuracy", 0.987, above=threshold)
-    text = claims.table(claims.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]))
+    text = claims_table.table(
+        claims_table.load_runs([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    )
     assert "> 0.975 / > 0.98" in text
 
 
@@ -131,7 +135,7 @@ def _recorded(tmp_path, monkeypatch, checks) -> dict:
     monkeypatch.setenv("VITBOOK_CLAIMS", str(log))
     for chapter, name, value in checks:
         claims.Claims(chapter).check(name, value, above=0.3)
-    return claims.load_runs([str(log)])
+    return claims_table.load_runs([str(log)])
 
 
 def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch):
@@ -143,7 +147,7 @@ def test_a_chapter_run_again_replaces_its_earlier_findings(tmp_path, monkeypatch
         ("07", "other chapter", 0.9),
         ("06", "kept", 0.45),
     ]
-    assert "dropped later" not in claims.table(runs)
+    assert "dropped later" not in claims_table.table(runs)
 
 
 def test_a_chapter_run_twice_in_a_row_keeps_only_its_second_run(tmp_path, monkeypatch):
@@ -163,7 +167,7 @@ def _measured_runs(tmp_path, monkeypatch, values: dict[str, dict]) -> dict:
         for (row, column), value in cells.items():
             c.measure("ssl table", row, column, value)
         c.check("a finding", 0.5, above=0.1)
-    return claims.load_runs([str(tmp_path / f"{run}.jsonl") for run in values])
+    return claims_table.load_runs([str(tmp_path / f"{run}.jsonl") for run in values])
 
 
 def test_measurements_show_as_a_table_of_means_and_ranges_beside_the_findings(
@@ -174,10 +178,10 @@ def test_measurements_show_as_a_table_of_means_and_ranges_beside_the_findings(
         "s1": {("MAE", "probe 1%"): 80.0, ("MAE", "kNN 1%"): 64.0, ("DINO", "probe 1%"): 63.0},
         "s2": {("MAE", "probe 1%"): 79.0, ("MAE", "kNN 1%"): 62.0},  # DINO missing from this run
     })  # fmt: skip
-    findings = claims.table(runs)
+    findings = claims_table.table(runs)
     assert "ssl table" not in findings and "a finding" in findings  # not findings: no threshold
     assert "3 findings" not in findings and "1 findings recorded" in findings
-    text = claims.page(runs)
+    text = claims_table.page(runs)
     lines = text.splitlines()
     assert "### 15_dino: ssl table" in lines and "| | probe 1% | kNN 1% |" in lines
     text = text.replace("\u2060", "")  # the word joiners that keep a range on one line
@@ -188,7 +192,7 @@ def test_measurements_show_as_a_table_of_means_and_ranges_beside_the_findings(
 
 def test_a_page_without_measurements_has_no_measured_section(tmp_path, monkeypatch):
     runs = _recorded(tmp_path, monkeypatch, [("06", "kept", 0.4)])
-    assert "Measured, not asserted" not in claims.page(runs)
+    assert "Measured, not asserted" not in claims_table.page(runs)
 
 
 def test_measure_records_without_a_threshold_and_the_summary_counts_it(
@@ -214,16 +218,18 @@ def test_a_run_whose_chapters_ran_on_different_thread_counts_says_so(tmp_path, m
     for chapter, threads in (("01", 1), ("02", 2)):  # chapter 2 rerun later with 2 threads
         monkeypatch.setattr(claims.torch, "get_num_threads", lambda n=threads: n)
         claims.Claims(chapter).check("a finding", 0.5, above=0.1)
-    assert "1–2 torch threads" in claims.table(claims.load_runs([str(log)]))
+    assert "1–2 torch threads" in claims_table.table(claims_table.load_runs([str(log)]))
     (tmp_path / "b.jsonl").write_text(log.read_text().splitlines()[0] + "\n")
-    assert "1 torch thread," in claims.table(claims.load_runs([str(tmp_path / "b.jsonl")]))
+    assert "1 torch thread," in claims_table.table(
+        claims_table.load_runs([str(tmp_path / "b.jsonl")])
+    )
 
 
 def test_values_in_the_table_are_short_enough_for_four_runs_in_the_column(tmp_path, monkeypatch):
     runs = _recorded(
         tmp_path, monkeypatch, [("06", "control", 0.3 + 0.0008429), ("06", "x", 0.4245)]
     )
-    assert claims._short(-0.0008429) == "-8.4e-4" and claims._short(0.4245) == "0.424"
-    assert claims._short(0.0034, sign=True) == "+0.0034"
-    rows = [line for line in claims.table(runs).splitlines() if line.startswith("| control")]
+    assert claims_table._short(-0.0008429) == "-8.4e-4" and claims_table._short(0.4245) == "0.424"
+    assert claims_table._short(0.0034, sign=True) == "+0.0034"
+    rows = [line for line in claims_table.table(runs).splitlines() if line.startswith("| control")]
     assert rows == ["| control | 0.301 | > 0.3 | +8.4e-4 |"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_zoo_model
 
-from vitbook import checkpoint, claims, data, synthetic, train, zoo
+from vitbook import checkpoint, claims, claims_table, data, synthetic, train, zoo
 from vitbook.checkpoint import CorruptFileError
 from vitbook.model import ViT
 
@@ -126,10 +126,10 @@ def test_a_claims_record_edited_on_disk_is_caught(tmp_path, monkeypatch):
     path = tmp_path / "run.jsonl"
     monkeypatch.setenv("VITBOOK_CLAIMS", str(path))
     claims.Claims("00_test").check("a finding", 0.9, above=0.5)
-    assert claims.load_runs([str(path)])["run"][0]["value"] == 0.9
+    assert claims_table.load_runs([str(path)])["run"][0]["value"] == 0.9
     path.write_text(path.read_text().replace('"value": 0.9', '"value": 0.95'))
     with pytest.raises(ValueError, match="does not match the digest"):
-        claims.load_runs([str(path)])
+        claims_table.load_runs([str(path)])
 
 
 def test_evaluate_on_an_empty_dataset_says_so(tiny_cfg):

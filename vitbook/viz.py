@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .patches import patchify
+from .show import wrap_caption  # noqa: F401  (captions: viz.wrap_caption, as chapter 7 calls it)
 
 CMAP_ATTN = "inferno"
 GROUP_PALETTE = (  # matplotlib's tab10
@@ -78,36 +79,6 @@ def show_images(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def wrap_caption(text: str, width_inches: float, points: float = 9) -> str:
-    """A caption broken into lines that fit a cell ``width_inches`` wide at ``points`` pt (about
-    0.6 of the size per character), so that neighbours never touch: at spaces, and inside a word
-    too long for a line at its hyphens and where a capital follows a small letter
-    ("STIXGeneral" / "Italic"), cutting a word elsewhere only where no such place is left."""
-    import re
-
-    per_line = max(4, int(width_inches * 72 / (0.62 * points)) - 1)
-    pieces = []  # (piece, whether a space comes before it)
-    for word in text.split():
-        parts = (
-            [word]
-            if len(word) <= per_line
-            else re.split(r"(?<=[a-z0-9-])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=-)", word)
-        )
-        for i, part in enumerate(p for p in parts if p):
-            while len(part) > per_line:  # no place left to break: cut
-                pieces.append((part[:per_line], i == 0))
-                part, i = part[per_line:], i + 1
-            pieces.append((part, i == 0))
-    lines = [""]
-    for piece, spaced in pieces:
-        joined = lines[-1] + (" " if spaced and lines[-1] else "") + piece
-        if lines[-1] and len(joined) > per_line:
-            lines.append(piece)
-        else:
-            lines[-1] = joined
-    return "\n".join(lines) or text
 
 
 def show_patch_grid(image, patch_size: int, title: str | None = None):

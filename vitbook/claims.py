@@ -32,6 +32,17 @@ def cpu_kernels() -> str:
     return torch.backends.cpu.get_cpu_capability().lower()
 
 
+def cpu_name(default: str = "unknown CPU") -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), or ``default``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default
+
+
 class Claims:
     """The findings of one chapter: ``claims = Claims("10_mae")``, then ``claims.check(...)``
     once per finding. ``claims.summary()`` ends the cell.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .claims import record_digest, threshold_text
+from .claims import cpu_name, record_digest, threshold_text
 
 
 def load_runs(paths: list[str]) -> dict[str, list[dict]]:
@@ -175,17 +175,6 @@ def measured_tables(runs: dict[str, list[dict]]) -> str:
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
-
-
-def cpu_name(default: str = "unknown CPU") -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), or ``default``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return default
 
 
 def machine() -> str:

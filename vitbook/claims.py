@@ -89,9 +89,7 @@ class Claims:
             "below": below,
             "margin": margin,
             "passed": passed,
-            "seed": seed(),
-            "kernels": cpu_kernels(),
-            "threads": torch.get_num_threads(),
+            **_run_fields(),
             "why": why,
         }
         self.results.append(record)
@@ -122,9 +120,7 @@ class Claims:
             "row": row,
             "column": column,
             "value": value,
-            "seed": seed(),
-            "kernels": cpu_kernels(),
-            "threads": torch.get_num_threads(),
+            **_run_fields(),
         }
         self.measurements.append(record)
         _append(record)
@@ -143,6 +139,11 @@ class Claims:
             f"{len(self.results)} findings checked (seed {seed()}, CPU kernels {cpu_kernels()}); "
             f"all hold{recorded}"
         )
+
+
+def _run_fields() -> dict:
+    """What every record says of the run that wrote it: seed, CPU kernels, torch threads."""
+    return {"seed": seed(), "kernels": cpu_kernels(), "threads": torch.get_num_threads()}
 
 
 def threshold_text(above: float | None, below: float | None) -> str:

@@ -282,19 +282,19 @@ class AttentionExplorer:
         self.widget = W.VBox([W.HBox([self.image, self.layer, self.query]), self.scale, self.out])
         self.redraw()
 
+    def _query_rows(self) -> torch.Tensor:
+        """(nh + 2, T): each head's attention row for the query, the heads' mean, the rollout's."""
+        b, layer, q = self.image.value, self.layer.value, self.query.value
+        heads = self.maps[layer, b, :, q]
+        return torch.cat([heads, heads.mean(0, keepdim=True), self.rollouts[b, q][None]])
+
     def current_maps(self) -> torch.Tensor:
         """(nh + 2, g, g): each head's, the heads' mean and the rollout's row for the query."""
-        b, layer, q = self.image.value, self.layer.value, self.query.value
-        rows = torch.cat([self.maps[layer, b, :, q], self.maps[layer, b, :, q].mean(0, keepdim=True),
-                          self.rollouts[b, q][None]])  # fmt: skip
-        return rows[:, self.prefix :].reshape(-1, self.grid, self.grid)
+        return self._query_rows()[:, self.prefix :].reshape(-1, self.grid, self.grid)
 
     def class_token_shares(self) -> torch.Tensor:
         """(nh + 2,): the weight each panel's query row gives the class (prefix) tokens, 0 to 1."""
-        b, layer, q = self.image.value, self.layer.value, self.query.value
-        rows = torch.cat([self.maps[layer, b, :, q], self.maps[layer, b, :, q].mean(0, keepdim=True),
-                          self.rollouts[b, q][None]])  # fmt: skip
-        return rows[:, : self.prefix].sum(-1)
+        return self._query_rows()[:, : self.prefix].sum(-1)
 
     def figure(self):
         """The present state as a matplotlib ``Figure`` (not one pyplot keeps: nothing is left
